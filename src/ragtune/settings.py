@@ -1,0 +1,177 @@
+"""The one typed Settings object: defaults < ragtune.toml < RAGTUNE_* environment < command-line flags.
+
+Each field is declared once, with its help text and (where it has them) its valid choices; `ragtune config`
+prints the effective values and where each came from, with secrets redacted. Nothing here reads the
+environment at import time: `Settings.load()` is called once per command and the result passed down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, secret: bool = False):
+    return field(default=default, metadata={"help": help, "choices": choices, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: str = _f("~/.ragtune", "state folder: the store, adapters and runs (env RAGTUNE_HOME)")
+    bot: str = _f("default", "the bot (named knowledge base) a command works on")
+    # embedding
+    embedder: str = _f(
+        "minilm",
+        "embedding backend: minilm (all-MiniLM-L6-v2 int8 ONNX, no torch), minilm-torch (same model, "
+        "sentence-transformers fp32), openai (any OpenAI-compatible /v1/embeddings), hash (fast fake for tests)",
+        ("minilm", "minilm-torch", "openai", "hash"),
+    )
+    embedder_url: str = _f("", "base URL of an OpenAI-compatible embeddings endpoint, e.g. http://127.0.0.1:11434/v1")
+    embedder_model: str = _f("", "model name sent to the embeddings endpoint")
+    embedder_api_key_env: str = _f("OPENAI_API_KEY", "name of the environment variable holding the endpoint's key")
+    embed_batch_size: int = _f(64, "texts per embedding batch")
+    # generation
+    generator: str = _f(
+        "smollm2",
+        "generator: smollm2 (SmolLM2-135M-Instruct GGUF, llama.cpp), qwen-0.5b (Qwen2.5-Coder-0.5B-Instruct, "
+        "`make install-qwen`), gguf (any local GGUF file: generator_path), openai (any OpenAI-compatible chat "
+        "endpoint), echo (fake for tests)",
+        ("smollm2", "qwen-0.5b", "gguf", "openai", "echo"),
+    )
+    generator_path: str = _f("", "path of a local GGUF model file (generator = gguf)")
+    generator_url: str = _f("", "base URL of an OpenAI-compatible chat endpoint, e.g. http://127.0.0.1:8000/v1")
+    generator_model: str = _f("", "model name sent to the chat endpoint")
+    generator_api_key_env: str = _f("OPENAI_API_KEY", "name of the environment variable holding the endpoint's key")
+    threads: int = _f(0, "CPU threads for local models (0 = all cores)")
+    max_tokens: int = _f(160, "most tokens a generated answer may have")
+    context_tokens: int = _f(2048, "the generator's context window used for prompt + answer")
+    request_timeout: float = _f(60.0, "seconds to wait for a remote endpoint")
+    # ingestion
+    chunk_tokens: int = _f(200, "most embedder tokens in one chunk (the embedder reads at most 256)")
+    chunk_overlap: int = _f(32, "tokens repeated between neighbouring chunks of one section")
+    max_file_mb: float = _f(50.0, "files larger than this are refused (reported in `failed`)")
+    include: str = _f("", "comma-separated globs a folder source's files must match (empty = all supported)")
+    exclude: str = _f("", "comma-separated globs of files to skip in folder sources")
+    # retrieval
+    top_k: int = _f(5, "chunks returned by search / given to the generator")
+    candidates: int = _f(100, "candidates each retriever contributes before fusion")
+    rrf_k: int = _f(60, "reciprocal-rank-fusion constant")
+    retrieval: str = _f("hybrid", "retrieval mode", ("hybrid", "bm25", "dense"))
+    progress: bool = _f(True, "show progress bars on long work (RAGTUNE_NO_PROGRESS=1 turns them off)")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"unknown {f.name} {value!r}; valid values: {', '.join(choices)}")
+        if self.chunk_tokens < 16 or self.chunk_tokens > 512:
+            raise ConfigError(f"chunk_tokens must be between 16 and 512, not {self.chunk_tokens}")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens // 2:
+            raise ConfigError("chunk_overlap must be >= 0 and less than half of chunk_tokens")
+        if self.top_k < 1:
+            raise ConfigError("top_k must be at least 1")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        config_file: str | Path | None = None,
+    ) -> "Settings":
+        """Build the effective settings; `overrides` are command-line flags (None values are ignored)."""
+        settings, _ = cls.load_with_origins(overrides, env, config_file)
+        return settings
+
+    @classmethod
+    def load_with_origins(cls, overrides=None, env=None, config_file=None) -> tuple["Settings", dict[str, str]]:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        origins: dict[str, str] = {f.name: "default" for f in fields(cls)}
+        path = Path(config_file or env.get("RAGTUNE_CONFIG") or "ragtune.toml")
+        if path.is_file():
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+            data = data.get("ragtune", data)
+            for key, value in data.items():
+                _check_name(key, f"in {path}")
+                values[key] = value
+                origins[key] = str(path)
+        elif config_file:
+            raise ConfigError(f"config file {config_file} does not exist")
+        for f in fields(cls):
+            name = "RAGTUNE_" + f.name.upper()
+            if name in env:
+                values[f.name] = env[name]
+                origins[f.name] = f"env {name}"
+        if env.get("RAGTUNE_NO_PROGRESS", "") not in ("", "0"):
+            values["progress"] = False
+            origins["progress"] = "env RAGTUNE_NO_PROGRESS"
+        for key, value in (overrides or {}).items():
+            if value is None:
+                continue
+            _check_name(key, "as a flag")
+            values[key] = value
+            origins[key] = "flag"
+        typed = {k: _coerce(k, v) for k, v in values.items()}
+        return cls(**typed), origins
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def home_path(self) -> Path:
+        return Path(os.path.expanduser(self.home))
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads or (os.cpu_count() or 2)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def describe(self, origins: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = "***"
+            out.append({"name": f.name, "value": value, "origin": (origins or {}).get(f.name, "default"),
+                        "help": f.metadata["help"], "choices": f.metadata.get("choices")})
+        return out
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def _check_name(key: str, where: str) -> None:
+    if key not in _FIELDS:
+        raise ConfigError(f"unknown setting {key!r} {where}; valid settings: {', '.join(sorted(_FIELDS))}")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    kind = type(_FIELDS[key].default)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {key} must be a {kind.__name__}, not {value!r}") from None

@@ -1,0 +1,119 @@
+"""The Store interface: bots, sources, documents, chunks, vectors and lexical search, one implementation per
+database (SQLite now, Postgres/pgvector later), all held to the same conformance tests."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..types import Chunk, Hit, LoadedDocument
+
+
+@dataclass(frozen=True)
+class Bot:
+    id: int
+    name: str
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Source:
+    id: int
+    bot_id: int
+    uri: str
+    kind: str  # "folder" | "file" | "url"
+    options: dict[str, Any]
+    added_at: float
+    synced_at: float | None
+
+
+@dataclass(frozen=True)
+class DocumentState:
+    """What sync needs to decide whether a document changed."""
+
+    id: int
+    source_id: int
+    path: str
+    content_hash: str
+    embedder: str
+
+
+class Store(ABC):
+    """Everything is scoped by bot: no method returns another bot's rows."""
+
+    # bots ---------------------------------------------------------------
+    @abstractmethod
+    def ensure_bot(self, name: str) -> Bot: ...
+
+    @abstractmethod
+    def get_bot(self, name: str) -> Bot:
+        """Raise NotFoundError for an unknown bot."""
+
+    @abstractmethod
+    def list_bots(self) -> list[Bot]: ...
+
+    @abstractmethod
+    def update_bot_settings(self, bot: Bot, settings: dict[str, Any]) -> Bot: ...
+
+    # sources ------------------------------------------------------------
+    @abstractmethod
+    def add_source(self, bot: Bot, uri: str, kind: str, options: dict[str, Any]) -> Source: ...
+
+    @abstractmethod
+    def list_sources(self, bot: Bot) -> list[Source]: ...
+
+    @abstractmethod
+    def mark_synced(self, source: Source, when: float) -> None: ...
+
+    @abstractmethod
+    def remove_source(self, bot: Bot, source_id: int) -> None:
+        """Remove the source with its documents, chunks and vectors."""
+
+    # documents ------------------------------------------------------------
+    @abstractmethod
+    def document_states(self, bot: Bot, source: Source) -> dict[str, DocumentState]: ...
+
+    @abstractmethod
+    def replace_document(
+        self,
+        bot: Bot,
+        source: Source,
+        doc: LoadedDocument,
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+        embedder: str,
+    ) -> int:
+        """Insert or replace one document with its chunks and vectors in ONE transaction; return its id."""
+
+    @abstractmethod
+    def delete_document(self, bot: Bot, document_id: int) -> None: ...
+
+    @abstractmethod
+    def count(self, bot: Bot) -> dict[str, int]:
+        """{"documents": n, "chunks": n, "vectors": n}"""
+
+    # search ---------------------------------------------------------------
+    @abstractmethod
+    def search_lexical(self, bot: Bot, query: str, k: int) -> list[tuple[str, float]]:
+        """BM25 over chunk text and headings: [(chunk_id, score)], best first, higher is better."""
+
+    @abstractmethod
+    def search_dense(self, bot: Bot, vector: np.ndarray, k: int, embedder: str) -> list[tuple[str, float]]:
+        """Nearest chunks by cosine similarity among vectors made by `embedder`: [(chunk_id, score)]."""
+
+    @abstractmethod
+    def get_hits(self, bot: Bot, scored: Sequence[tuple[str, float]]) -> list[Hit]:
+        """Turn scored chunk ids into Hits (text, heading, source, title), keeping the order."""
+
+    # lifecycle ------------------------------------------------------------
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,366 @@
+"""The default store: one SQLite file (WAL, foreign keys, FTS5 for BM25, float32 vector blobs) with an
+exact in-memory vector search over a per-bot matrix that is rebuilt only when the bot's data changes."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import NotFoundError, RagtuneError
+from ..types import Chunk, Hit, LoadedDocument
+from .base import Bot, DocumentState, Source, Store
+
+SCHEMA_VERSION = 1
+
+# Numbered migrations: index i brings the schema from version i to i+1.
+MIGRATIONS = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE bots (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        settings TEXT NOT NULL DEFAULT '{}',
+        generation INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE sources (
+        id INTEGER PRIMARY KEY,
+        bot_id INTEGER NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        uri TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        options TEXT NOT NULL DEFAULT '{}',
+        added_at REAL NOT NULL,
+        synced_at REAL,
+        UNIQUE (bot_id, uri)
+    );
+    CREATE TABLE documents (
+        id INTEGER PRIMARY KEY,
+        bot_id INTEGER NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        source_id INTEGER NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        title TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        mtime REAL NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        embedder TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        updated_at REAL NOT NULL,
+        UNIQUE (bot_id, path)
+    );
+    CREATE INDEX documents_source ON documents(source_id);
+    CREATE TABLE chunks (
+        rowid INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        bot_id INTEGER NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        ordinal INTEGER NOT NULL,
+        heading TEXT NOT NULL,
+        text TEXT NOT NULL,
+        tokens INTEGER NOT NULL
+    );
+    CREATE INDEX chunks_document ON chunks(document_id);
+    CREATE INDEX chunks_bot ON chunks(bot_id);
+    CREATE TABLE vectors (
+        chunk_rowid INTEGER PRIMARY KEY REFERENCES chunks(rowid) ON DELETE CASCADE,
+        bot_id INTEGER NOT NULL,
+        embedder TEXT NOT NULL,
+        vector BLOB NOT NULL
+    );
+    CREATE INDEX vectors_bot ON vectors(bot_id, embedder);
+    CREATE VIRTUAL TABLE chunks_fts USING fts5(
+        heading, text, tokenize = 'porter unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+        DELETE FROM chunks_fts WHERE rowid = old.rowid;
+    END;
+    """,
+]
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+# Words too common to help BM25 (FTS5 has no stopword list; a short English one keeps OR-queries precise).
+STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below between
+    both but by can could did do does doing down during each few for from further had has have having he her here
+    hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of
+    off on once only or other our ours ourselves out over own same she should so some such than that the their
+    theirs them themselves then there these they this those through to too under until up very was we were what
+    when where which while who whom why will with would you your yours yourself yourselves""".split()
+)
+
+
+def fts_query(text: str) -> str:
+    """Turn free text into a safe FTS5 OR-query of quoted terms (no user-supplied FTS syntax)."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    terms = [w for w in words if w not in STOPWORDS] or words
+    seen: dict[str, None] = {}
+    for w in terms:
+        seen.setdefault(w.replace('"', ""), None)
+    return " OR ".join(f'"{w}"' for w in seen)
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise RagtuneError(f"cannot open the store at {self.path}: {exc}") from exc
+        self.db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._matrices: dict[tuple[int, str], tuple[int, np.ndarray, np.ndarray]] = {}
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise RagtuneError(f"the store at {self.path} is not a usable SQLite database: {exc}") from exc
+
+    # ------------------------------------------------------------------ plumbing
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RagtuneError(
+                f"the store at {self.path} has schema {version}, newer than this ragtune ({SCHEMA_VERSION}); upgrade ragtune"
+            )
+        for i in range(version, SCHEMA_VERSION):
+            with self._tx():
+                for statement in _split_sql(MIGRATIONS[i]):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={i + 1}")
+
+    def _tx(self):
+        return _Transaction(self.db, self._lock)
+
+    def _bump(self, bot_id: int) -> None:
+        self.db.execute("UPDATE bots SET generation = generation + 1 WHERE id = ?", (bot_id,))
+
+    def integrity_check(self) -> str:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    # ------------------------------------------------------------------ bots
+    def _bot(self, row: sqlite3.Row) -> Bot:
+        return Bot(id=row["id"], name=row["name"], settings=json.loads(row["settings"]))
+
+    def ensure_bot(self, name: str) -> Bot:
+        with self._tx():
+            self.db.execute("INSERT OR IGNORE INTO bots(name, created_at) VALUES (?, ?)", (name, time.time()))
+        return self.get_bot(name)
+
+    def get_bot(self, name: str) -> Bot:
+        row = self.db.execute("SELECT * FROM bots WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"unknown bot {name!r}; create it with `ragtune ingest SOURCE --bot {name}`")
+        return self._bot(row)
+
+    def list_bots(self) -> list[Bot]:
+        return [self._bot(r) for r in self.db.execute("SELECT * FROM bots ORDER BY name")]
+
+    def update_bot_settings(self, bot: Bot, settings: dict[str, Any]) -> Bot:
+        merged = {**bot.settings, **settings}
+        with self._tx():
+            self.db.execute("UPDATE bots SET settings = ? WHERE id = ?", (json.dumps(merged), bot.id))
+        return Bot(bot.id, bot.name, merged)
+
+    # ------------------------------------------------------------------ sources
+    def _source(self, row: sqlite3.Row) -> Source:
+        return Source(
+            id=row["id"], bot_id=row["bot_id"], uri=row["uri"], kind=row["kind"],
+            options=json.loads(row["options"]), added_at=row["added_at"], synced_at=row["synced_at"],
+        )
+
+    def add_source(self, bot: Bot, uri: str, kind: str, options: dict[str, Any]) -> Source:
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO sources(bot_id, uri, kind, options, added_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(bot_id, uri) DO UPDATE SET options = excluded.options, kind = excluded.kind",
+                (bot.id, uri, kind, json.dumps(options), time.time()),
+            )
+        row = self.db.execute("SELECT * FROM sources WHERE bot_id = ? AND uri = ?", (bot.id, uri)).fetchone()
+        return self._source(row)
+
+    def list_sources(self, bot: Bot) -> list[Source]:
+        rows = self.db.execute("SELECT * FROM sources WHERE bot_id = ? ORDER BY id", (bot.id,))
+        return [self._source(r) for r in rows]
+
+    def mark_synced(self, source: Source, when: float) -> None:
+        with self._tx():
+            self.db.execute("UPDATE sources SET synced_at = ? WHERE id = ?", (when, source.id))
+
+    def remove_source(self, bot: Bot, source_id: int) -> None:
+        with self._tx():
+            cur = self.db.execute("DELETE FROM sources WHERE id = ? AND bot_id = ?", (source_id, bot.id))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no source {source_id} in bot {bot.name!r}")
+            self._bump(bot.id)
+
+    # ------------------------------------------------------------------ documents
+    def document_states(self, bot: Bot, source: Source) -> dict[str, DocumentState]:
+        rows = self.db.execute(
+            "SELECT id, source_id, path, content_hash, embedder FROM documents WHERE bot_id = ? AND source_id = ?",
+            (bot.id, source.id),
+        )
+        return {r["path"]: DocumentState(r["id"], r["source_id"], r["path"], r["content_hash"], r["embedder"]) for r in rows}
+
+    def replace_document(self, bot, source, doc: LoadedDocument, chunks: Sequence[Chunk], vectors: np.ndarray,
+                         embedder: str) -> int:
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        blobs = np.ascontiguousarray(vectors, dtype=np.float32)
+        now = time.time()
+        with self._tx():
+            old = self.db.execute(
+                "SELECT id, version FROM documents WHERE bot_id = ? AND path = ?", (bot.id, doc.path)
+            ).fetchone()
+            if old is not None:
+                self.db.execute("DELETE FROM chunks WHERE document_id = ?", (old["id"],))
+                self.db.execute(
+                    "UPDATE documents SET source_id=?, title=?, content_hash=?, mtime=?, metadata=?, embedder=?, "
+                    "version=version+1, updated_at=? WHERE id=?",
+                    (source.id, doc.title, doc.content_hash, doc.mtime, json.dumps(doc.metadata), embedder, now, old["id"]),
+                )
+                doc_id = old["id"]
+            else:
+                doc_id = self.db.execute(
+                    "INSERT INTO documents(bot_id, source_id, path, title, content_hash, mtime, metadata, embedder, "
+                    "updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (bot.id, source.id, doc.path, doc.title, doc.content_hash, doc.mtime, json.dumps(doc.metadata),
+                     embedder, now),
+                ).lastrowid
+            for chunk, vec in zip(chunks, blobs):
+                heading = " > ".join(chunk.heading)
+                rowid = self.db.execute(
+                    "INSERT INTO chunks(id, bot_id, document_id, ordinal, heading, text, tokens) VALUES (?,?,?,?,?,?,?)",
+                    (chunk.id, bot.id, doc_id, chunk.ordinal, heading, chunk.text, chunk.tokens),
+                ).lastrowid
+                self.db.execute("INSERT INTO chunks_fts(rowid, heading, text) VALUES (?,?,?)",
+                                (rowid, f"{doc.title} {heading}", chunk.text))
+                self.db.execute("INSERT INTO vectors(chunk_rowid, bot_id, embedder, vector) VALUES (?,?,?,?)",
+                                (rowid, bot.id, embedder, vec.tobytes()))
+            self._bump(bot.id)
+        return doc_id
+
+    def delete_document(self, bot: Bot, document_id: int) -> None:
+        with self._tx():
+            self.db.execute("DELETE FROM documents WHERE id = ? AND bot_id = ?", (document_id, bot.id))
+            self._bump(bot.id)
+
+    def count(self, bot: Bot) -> dict[str, int]:
+        q = lambda sql: self.db.execute(sql, (bot.id,)).fetchone()[0]  # noqa: E731
+        return {
+            "documents": q("SELECT count(*) FROM documents WHERE bot_id = ?"),
+            "chunks": q("SELECT count(*) FROM chunks WHERE bot_id = ?"),
+            "vectors": q("SELECT count(*) FROM vectors WHERE bot_id = ?"),
+        }
+
+    # ------------------------------------------------------------------ search
+    def search_lexical(self, bot: Bot, query: str, k: int) -> list[tuple[str, float]]:
+        match = fts_query(query)
+        if not match:
+            return []
+        rows = self.db.execute(
+            "SELECT c.id, bm25(chunks_fts, 0.5, 1.0) AS s FROM chunks_fts JOIN chunks c ON c.rowid = chunks_fts.rowid "
+            "WHERE chunks_fts MATCH ? AND c.bot_id = ? ORDER BY s LIMIT ?",
+            (match, bot.id, k),
+        )
+        return [(r[0], -r[1]) for r in rows]  # FTS5's bm25() is lower-is-better
+
+    def _matrix(self, bot: Bot, embedder: str) -> tuple[np.ndarray, np.ndarray]:
+        generation = self.db.execute("SELECT generation FROM bots WHERE id = ?", (bot.id,)).fetchone()[0]
+        key = (bot.id, embedder)
+        cached = self._matrices.get(key)
+        if cached and cached[0] == generation:
+            return cached[1], cached[2]
+        rows = self.db.execute(
+            "SELECT chunk_rowid, vector FROM vectors WHERE bot_id = ? AND embedder = ? ORDER BY chunk_rowid",
+            (bot.id, embedder),
+        ).fetchall()
+        if rows:
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        else:
+            ids, matrix = np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+        self._matrices[key] = (generation, ids, matrix)
+        return ids, matrix
+
+    def search_dense(self, bot: Bot, vector: np.ndarray, k: int, embedder: str) -> list[tuple[str, float]]:
+        with self._lock:
+            ids, matrix = self._matrix(bot, embedder)
+        if len(ids) == 0:
+            return []
+        scores = matrix @ np.asarray(vector, dtype=np.float32)
+        k = min(k, len(ids))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top])]
+        rowids = [int(i) for i in ids[top]]
+        names = dict(
+            self.db.execute(
+                f"SELECT rowid, id FROM chunks WHERE rowid IN ({','.join('?' * len(rowids))})", rowids
+            ).fetchall()
+        )
+        return [(names[r], float(scores[t])) for r, t in zip(rowids, top) if r in names]
+
+    def get_hits(self, bot: Bot, scored: Sequence[tuple[str, float]]) -> list[Hit]:
+        if not scored:
+            return []
+        ids = [cid for cid, _ in scored]
+        rows = self.db.execute(
+            "SELECT c.id, c.text, c.heading, c.document_id, d.path, d.title FROM chunks c "
+            f"JOIN documents d ON d.id = c.document_id WHERE c.bot_id = ? AND c.id IN ({','.join('?' * len(ids))})",
+            [bot.id, *ids],
+        ).fetchall()
+        by_id = {r["id"]: r for r in rows}
+        hits = []
+        for cid, score in scored:
+            r = by_id.get(cid)
+            if r is None:
+                continue
+            heading = tuple(h for h in r["heading"].split(" > ") if h)
+            hits.append(Hit(cid, score, r["text"], heading, r["path"], r["title"], r["document_id"]))
+        return hits
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception; serialised within this process."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+        self.db, self.lock = db, lock
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        if self.db.in_transaction:
+            self.nested = True
+            return
+        self.nested = False
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if not self.nested:
+                self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.lock.release()
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements (complete_statement keeps triggers' inner `;` together)."""
+    statements, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        statements.append(buf.strip())
+    return statements

