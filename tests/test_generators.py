@@ -213,6 +213,7 @@ def test_smollm2_streams_real_text(tmp_path):
     assert gen.name == "smollm2-135m-instruct-q4_1"
     pieces = list(gen.stream(PROMPT, max_tokens=16))
     assert len(pieces) > 1 and "".join(pieces).strip()
+    assert gen.generate(PROMPT, max_tokens=16) == "".join(pieces)  # temperature 0 is deterministic
     assert 0 < gen.count_tokens("Refunds take five days.") < 20
     assert (tmp_path / "models" / ".sha256-verified.json").is_file()
     gen.close()

@@ -230,10 +230,11 @@ def test_html_main_content_without_chrome(tmp_path):
 
 
 def test_html_without_main_uses_body_and_h1_title(tmp_path):
-    html = b"<html><body><nav>MENU</nav><h1>Hello</h1><p>World.</p></body></html>"
+    html = (b"<html><body><svg><title>ICON</title></svg><nav>MENU</nav><h1>Hello</h1>"
+            b"<p>World.</p><p>Line one<br>Line  two</p></body></html>")
     doc = _load(tmp_path, "page.htm", html)
     assert doc.title == "Hello"
-    assert _full_text(doc) == "World."
+    assert _full_text(doc) == "World.\n\nLine one\nLine two"
     assert "MENU" not in _full_text(doc)
 
 
@@ -392,8 +393,12 @@ def test_too_large_file_is_refused_before_reading(tmp_path):
 def test_unsupported_and_missing(tmp_path):
     msg = _error(tmp_path, "image.png", b"\x89PNG....")
     assert msg.startswith("unsupported file type .png")
-    with pytest.raises(SourceError, match="cannot read file"):
+    with pytest.raises(SourceError, match="^file not found$"):
         load_file(tmp_path / "nope.md", MB)
+    with pytest.raises(SourceError, match="^file not found$"):
+        hash_file(tmp_path / "nope.md")
+    with pytest.raises(SourceError, match="not a regular file"):
+        load_file(tmp_path, MB)
 
 
 def test_parser_crash_becomes_source_error(tmp_path, monkeypatch):

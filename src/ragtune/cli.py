@@ -52,12 +52,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ragtune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("ingest", parents=[common], help="add sources (files, folders) to a bot and sync them",
+    p = sub.add_parser("ingest", parents=[common], help="add sources (files, folders, websites) to a bot and sync them",
                        description="Register SOURCEs with the bot and sync: new and changed documents are "
-                       "indexed, unchanged ones cost a hash check, vanished ones are removed.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="file or folder (folders are read recursively)")
+                       "indexed, unchanged ones cost a hash check, vanished ones are removed. A URL source crawls "
+                       "its site: robots.txt is obeyed, sitemap.xml used, and only pages of the same host under "
+                       "the start URL's folder are fetched; re-syncs send conditional requests.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="file, folder (read recursively) or http(s) URL (crawled)")
     p.add_argument("--include", help="comma-separated globs files must match, e.g. '*.md,docs/**'")
     p.add_argument("--exclude", help="comma-separated globs of files to skip")
+    p.add_argument("--redact-pii", dest="redact_pii", action=argparse.BooleanOptionalAction, default=None,
+                   help="replace e-mails, phone numbers, card numbers, IBANs, national ids and IP addresses with "
+                   "placeholders such as <EMAIL_ADDRESS> before indexing; kept as the bot's setting "
+                   "(--no-redact-pii turns it off)")
+    p.add_argument("--allow-private", dest="allow_private", action="store_true", default=None,
+                   help="let URL sources reach loopback, private and other non-public addresses (intranet sites); "
+                   "remembered for these sources")
+    p.add_argument("--max-pages", dest="crawl_max_pages", type=int, metavar="N",
+                   help=f"most pages fetched per website (default {_default('crawl_max_pages')}; the crawl "
+                   "limits a site is added with are kept for its later syncs)")
+    p.add_argument("--max-depth", dest="crawl_max_depth", type=int, metavar="N",
+                   help=f"most link hops from the start URL (default {_default('crawl_max_depth')})")
+    p.add_argument("--max-mb", dest="crawl_max_mb", type=float, metavar="MB",
+                   help=f"most megabytes downloaded per website (default {_default('crawl_max_mb'):g})")
+    p.add_argument("--crawl-timeout", dest="crawl_timeout", type=float, metavar="SECONDS",
+                   help=f"most seconds one website's crawl may take (default {_default('crawl_timeout'):g})")
+    p.add_argument("--parse-timeout", dest="parse_timeout", type=float, metavar="SECONDS",
+                   help=f"most seconds one file or page may take to parse (default {_default('parse_timeout'):g})")
+
+    p = sub.add_parser("forget", parents=[common], help="erase a source or document from a bot, leaving no trace",
+                       description="Remove SOURCE — a registered source, one file or page, or a folder inside a "
+                       "folder source — from every table and index of the bot (chunks, vectors, full-text "
+                       "index, chat logs that quote it), reclaim the space so no byte of it stays in the "
+                       "database files, keep it out of later syncs, and write an audit record holding only a "
+                       "hash of SOURCE and counts.")
+    p.add_argument("source", metavar="SOURCE", help="source URI, file path, page URL or folder")
 
     sub.add_parser("sync", parents=[common], help="re-sync every source of a bot",
                    description="Re-sync the bot's sources: only changed documents are re-embedded.")
@@ -89,8 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTENSIONS: list[Callable] = []
 
 
+_INGEST_FLAGS = ("redact_pii", "allow_private", "crawl_max_pages", "crawl_max_depth", "crawl_max_mb", "crawl_timeout",
+                 "parse_timeout")
+
+
+def _default(name: str):
+    return Settings.__dataclass_fields__[name].default
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
-    flags = {name: getattr(args, name, None) for name in ("bot", "home", "embedder", "include", "exclude")}
+    flags = {name: getattr(args, name, None) for name in ("bot", "home", "embedder", "include", "exclude",
+                                                          *_INGEST_FLAGS)}
     if getattr(args, "json", False):
         flags["progress"] = False
     return Settings.load(overrides=flags, config_file=getattr(args, "config", None))
@@ -104,6 +142,8 @@ def cmd_ingest(args, settings: Settings) -> int:
 
     with open_store(settings) as store:
         bot = store.ensure_bot(settings.bot)
+        if args.redact_pii is not None and bool(bot.settings.get("redact_pii")) != args.redact_pii:
+            bot = store.update_bot_settings(bot, {"redact_pii": args.redact_pii})
         register_sources(store, bot, args.sources, settings)
         report = sync_bot(store, settings, bot)
     emit(args, report.to_json(), lambda: _report_text(report))
@@ -119,6 +159,23 @@ def cmd_sync(args, settings: Settings) -> int:
         bot = store.get_bot(settings.bot)
         report = sync_bot(store, settings, bot)
     emit(args, report.to_json(), lambda: _report_text(report))
+    return 0
+
+
+@command("forget")
+def cmd_forget(args, settings: Settings) -> int:
+    from .erasure import forget
+    from .store import open_store
+
+    with open_store(settings) as store:
+        bot = store.get_bot(settings.bot)
+        report = forget(store, bot, args.source)
+    emit(args, report.to_json(), lambda: (
+        f"forgot {report.documents} documents ({report.chunks} chunks, {report.derived_rows} quoting rows, "
+        f"{report.sources} sources) in {report.seconds:.2f}s; "
+        + ("space reclaimed" if report.reclaimed else "another process holds the store open: space is reclaimed "
+           "at its next checkpoint")
+        + (f"; {report.adapters_marked_stale} adapters marked stale" if report.adapters_marked_stale else "")))
     return 0
 
 

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
+
 from .models.embedders import Embedder
 from .settings import Settings
 from .store import Bot, Store
@@ -36,7 +38,9 @@ class Retriever:
     def __init__(self, store: Store, settings: Settings, embedder: Embedder | None) -> None:
         self.store, self.settings, self.embedder = store, settings, embedder
 
-    def search(self, bot: Bot, query: str, k: int | None = None, mode: str | None = None) -> Retrieval:
+    def search(self, bot: Bot, query: str, k: int | None = None, mode: str | None = None,
+               vector: np.ndarray | None = None) -> Retrieval:
+        """`vector`: the query's embedding when the caller already has it."""
         started = time.perf_counter()
         k = k or self.settings.top_k
         mode = mode or self.settings.retrieval
@@ -44,7 +48,9 @@ class Retriever:
         lexical = self.store.search_lexical(bot, query, n) if mode in ("hybrid", "bm25") else []
         dense = []
         if mode in ("hybrid", "dense") and self.embedder is not None:
-            dense = self.store.search_dense(bot, self.embedder.embed_query(query), n, self.embedder.identity)
+            if vector is None:
+                vector = self.embedder.embed_query(query)
+            dense = self.store.search_dense(bot, vector, n, self.embedder.identity)
         if mode == "bm25":
             scored = lexical[:k]
         elif mode == "dense":

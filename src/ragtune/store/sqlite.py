@@ -205,10 +205,12 @@ class SQLiteStore(Store):
     # ------------------------------------------------------------------ documents
     def document_states(self, bot: Bot, source: Source) -> dict[str, DocumentState]:
         rows = self.db.execute(
-            "SELECT id, source_id, path, content_hash, embedder FROM documents WHERE bot_id = ? AND source_id = ?",
+            "SELECT id, source_id, path, content_hash, embedder, metadata FROM documents "
+            "WHERE bot_id = ? AND source_id = ?",
             (bot.id, source.id),
         )
-        return {r["path"]: DocumentState(r["id"], r["source_id"], r["path"], r["content_hash"], r["embedder"]) for r in rows}
+        return {r["path"]: DocumentState(r["id"], r["source_id"], r["path"], r["content_hash"], r["embedder"],
+                                         json.loads(r["metadata"])) for r in rows}
 
     def replace_document(self, bot, source, doc: LoadedDocument, chunks: Sequence[Chunk], vectors: np.ndarray,
                          embedder: str) -> int:
@@ -253,6 +255,93 @@ class SQLiteStore(Store):
             self.db.execute("DELETE FROM documents WHERE id = ? AND bot_id = ?", (document_id, bot.id))
             self._bump(bot.id)
 
+    # ------------------------------------------------------------------ erasure
+    def erase(self, bot: Bot, document_ids: Sequence[int], source_ids: Sequence[int],
+              audit: dict[str, Any]) -> dict[str, int]:
+        """Delete the documents (and sources, with all their documents), every row of a derived table that refers
+        to them (see _DERIVED_COLUMNS), then reclaim the space: FTS5 segments merged, VACUUM, WAL truncated —
+        with secure_delete on, and temporary tables in memory, so no copy of the text stays in any file."""
+        with self._lock:
+            self.db.execute("PRAGMA secure_delete=ON")
+            self.db.execute("PRAGMA temp_store=MEMORY")
+            try:
+                with self._tx():
+                    counts = self._erase_rows(bot, document_ids, source_ids, audit)
+                # busy: another connection still reads an old snapshot; its WAL copy goes at its next checkpoint
+                counts["reclaimed"] = int(self._reclaim()["checkpoint_busy"] == 0)
+            finally:
+                self.db.execute("PRAGMA secure_delete=OFF")
+        return counts
+
+    def _erase_rows(self, bot: Bot, document_ids, source_ids, audit: dict[str, Any]) -> dict[str, int]:
+        db = self.db
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS erase_docs (id INTEGER PRIMARY KEY)")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS erase_chunks (id TEXT PRIMARY KEY)")
+        db.execute("DELETE FROM temp.erase_docs")
+        db.execute("DELETE FROM temp.erase_chunks")
+        db.executemany("INSERT OR IGNORE INTO temp.erase_docs SELECT id FROM documents WHERE id = ? AND bot_id = ?",
+                       [(int(d), bot.id) for d in document_ids])
+        db.executemany("INSERT OR IGNORE INTO temp.erase_docs SELECT id FROM documents WHERE source_id = ? "
+                       "AND bot_id = ?", [(int(s), bot.id) for s in source_ids])
+        db.execute("INSERT INTO temp.erase_chunks SELECT id FROM chunks WHERE document_id IN "
+                   "(SELECT id FROM temp.erase_docs)")
+        documents = db.execute("SELECT count(*) FROM temp.erase_docs").fetchone()[0]
+        chunks = db.execute("SELECT count(*) FROM temp.erase_chunks").fetchone()[0]
+        derived = 0
+        for table, column in self._derived_columns():
+            if column == "document_id":
+                where = f'"{column}" IN (SELECT id FROM temp.erase_docs)'
+            elif column == "chunk_id":
+                where = f'"{column}" IN (SELECT id FROM temp.erase_chunks)'
+            else:  # a text column listing chunk ids (JSON or otherwise)
+                where = f'EXISTS (SELECT 1 FROM temp.erase_chunks e WHERE instr("{column}", e.id) > 0)'
+            derived += db.execute(f'DELETE FROM "{table}" WHERE {where}').rowcount
+        db.execute("DELETE FROM documents WHERE id IN (SELECT id FROM temp.erase_docs)")
+        sources = 0
+        for source_id in source_ids:
+            sources += db.execute("DELETE FROM sources WHERE id = ? AND bot_id = ?", (int(source_id), bot.id)).rowcount
+        counts = {"documents": documents, "chunks": chunks, "sources": sources, "derived_rows": derived}
+        db.execute("CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, "
+                   "bot TEXT NOT NULL, detail TEXT NOT NULL)")
+        db.execute("INSERT INTO audit(at, action, bot, detail) VALUES (?, ?, ?, ?)",
+                   (time.time(), str(audit.get("action", "erase")), bot.name, json.dumps({**audit, **counts})))
+        db.execute("DELETE FROM temp.erase_docs")
+        db.execute("DELETE FROM temp.erase_chunks")
+        self._bump(bot.id)
+        return counts
+
+    # Convention for tables that quote document text (chat logs, feedback, eval results, training sets …): give
+    # them a `document_id` or `chunk_id` column, or a text column named `chunk_ids` / `citations` that holds the
+    # chunk ids it quotes. erase() finds such tables through sqlite_master and deletes the rows that refer to
+    # erased documents or chunks; a table that quotes text without one of these columns would escape erasure.
+    _DERIVED_COLUMNS = ("document_id", "chunk_id", "chunk_ids", "citations")
+    _CORE_TABLES = frozenset({"meta", "bots", "sources", "documents", "chunks", "vectors", "audit"})
+
+    def _derived_columns(self) -> list[tuple[str, str]]:
+        tables = self.db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall()
+        virtual = [r["name"] for r in tables if (r["sql"] or "").upper().startswith("CREATE VIRTUAL TABLE")]
+        out = []
+        for row in tables:
+            name = row["name"]
+            if name in self._CORE_TABLES or name.startswith("sqlite_") or name == "chunks_fts":
+                continue
+            if any(name.startswith(v + "_") for v in virtual):  # FTS shadow tables follow their virtual table
+                continue
+            columns = {c["name"] for c in self.db.execute(f'PRAGMA table_info("{name}")')}
+            out.extend((name, c) for c in self._DERIVED_COLUMNS if c in columns)
+        return out
+
+    def _reclaim(self) -> dict[str, int]:
+        """Merge FTS5 segments (dropping deleted entries), rebuild the file, and empty the WAL."""
+        fts = [r[0] for r in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%fts5%'")]
+        with self._tx():
+            for name in fts:
+                self.db.execute(f'INSERT INTO "{name}"("{name}") VALUES (\'optimize\')')
+        self.db.execute("VACUUM")
+        busy, wal_pages, _ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return {"checkpoint_busy": busy, "wal_pages": wal_pages}
+
     def count(self, bot: Bot) -> dict[str, int]:
         q = lambda sql: self.db.execute(sql, (bot.id,)).fetchone()[0]  # noqa: E731
         return {
@@ -272,6 +361,18 @@ class SQLiteStore(Store):
             (match, bot.id, k),
         )
         return [(r[0], -r[1]) for r in rows]  # FTS5's bm25() is lower-is-better
+
+    def term_frequencies(self, bot: Bot, words: Sequence[str]) -> tuple[dict[str, int], int]:
+        out = {}
+        for w in set(words):
+            clean = w.replace('"', "")
+            if not clean.strip():
+                continue
+            out[w] = self.db.execute(
+                "SELECT count(*) FROM chunks_fts JOIN chunks c ON c.rowid = chunks_fts.rowid "
+                "WHERE chunks_fts MATCH ? AND c.bot_id = ?", (f'"{clean}"', bot.id)).fetchone()[0]
+        total = self.db.execute("SELECT count(*) FROM chunks WHERE bot_id = ?", (bot.id,)).fetchone()[0]
+        return out, total
 
     def _matrix(self, bot: Bot, embedder: str) -> tuple[np.ndarray, np.ndarray]:
         generation = self.db.execute("SELECT generation FROM bots WHERE id = ?", (bot.id,)).fetchone()[0]

@@ -1,0 +1,176 @@
+"""Answering commands: `ragtune ask`, `ragtune chat`, `ragtune bench answers` (registered into the CLI)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+from . import cli
+from .errors import ConfigError
+from .settings import Settings
+from .types import Answer
+
+
+def _add_parsers(sub, bench, common) -> None:
+    def answer_flags(p):
+        p.add_argument("--strategy", help="base | rag (default: the bot's strategy, else rag)")
+        p.add_argument("--model", help="generator: smollm2 | qwen-0.5b | echo | openai, or a path to a .gguf file")
+        p.add_argument("--answer-mode", dest="answer_mode", help="rag answer composition: auto | generate | extract | quote")
+
+    p = sub.add_parser("ask", parents=[common], help="answer one question with citations (or say I don't know)",
+                       description="Answer QUESTION from the bot's documents. --json prints {answer, abstained, "
+                       "citations: [{source, title, chunk_id, quote}], strategy, model, timings_ms}.")
+    p.add_argument("question")
+    answer_flags(p)
+    p = sub.add_parser("chat", parents=[common], help="multi-turn chat in the terminal (streams tokens)",
+                       description="Chat with the bot. Follow-ups are condensed with the history before "
+                       "retrieval. Commands: /reset clears the history, /quit (or Ctrl-D) leaves.")
+    answer_flags(p)
+    b = bench.add_parser("answers", parents=[common], help="answer accuracy, abstention accuracy and latency",
+                         description="Ask every question of a JSONL file ({question, answers: [key facts], source}; "
+                         "empty answers = unanswerable) and score answers (a key fact in the answer and the right "
+                         "source cited), abstentions and latency.")
+    b.add_argument("--questions", required=True, metavar="FILE")
+    b.add_argument("--split", default="all", help="only questions with this split field (dev/test); default all")
+    b.add_argument("--limit", type=int, default=0, help="first N questions only")
+    answer_flags(b)
+
+
+cli._EXTENSIONS.append(_add_parsers)
+
+
+def answer_settings(args, settings: Settings) -> Settings:
+    changes = {}
+    model = getattr(args, "model", None)
+    if model:
+        if model.endswith(".gguf"):
+            changes.update(generator="gguf", generator_path=model)
+        else:
+            changes["generator"] = model
+    if getattr(args, "answer_mode", None):
+        changes["answer_mode"] = args.answer_mode
+    if getattr(args, "strategy", None):
+        changes["strategy"] = args.strategy
+    if not changes:
+        return settings
+    try:
+        return settings.replace(**changes)
+    except TypeError as exc:  # pragma: no cover - replace() only gets known names
+        raise ConfigError(str(exc)) from exc
+
+
+@dataclass
+class Session:
+    """Everything one answering process holds: store, bot, models (loaded once), the strategy."""
+
+    store: object
+    bot: object
+    strategy: object
+    generator: object
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_session(settings: Settings, strategy: str | None = None) -> Session:
+    from .models.embedders import open_embedder
+    from .models.generators import open_generator
+    from .store import open_store
+    from .strategies import BotProfile, open_strategy
+
+    store = open_store(settings)
+    try:
+        bot = store.get_bot(settings.bot)
+        name = strategy or (settings.strategy if settings.strategy != "rag" else BotProfile.of(bot).strategy)
+        embedder = open_embedder(settings) if name != "base" else None
+        generator = open_generator(settings)
+        return Session(store, bot, open_strategy(name, store, bot, settings, embedder, generator), generator)
+    except BaseException:
+        store.close()
+        raise
+
+
+@cli.command("ask")
+def cmd_ask(args, settings: Settings) -> int:
+    settings = answer_settings(args, settings)
+    session = open_session(settings, args.strategy)
+    try:
+        answer = session.strategy.answer(args.question)
+    finally:
+        session.close()
+    cli.emit(args, answer.to_json(), lambda: render_answer(answer))
+    return 0
+
+
+def render_answer(answer: Answer) -> str:
+    lines = [answer.answer]
+    for i, c in enumerate(answer.citations, 1):
+        lines.append(f"  [{i}] {c.title} — {c.source}")
+    return "\n".join(lines)
+
+
+@cli.command("chat")
+def cmd_chat(args, settings: Settings) -> int:
+    from .errors import InputError
+
+    settings = answer_settings(args, settings)
+    session = open_session(settings, args.strategy)
+    history: list[dict] = []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"ragtune chat — bot {session.bot.name!r}, {session.strategy.name} with {session.generator.name}. "
+              "/reset clears history, /quit leaves.")
+    try:
+        while True:
+            try:
+                line = input("you> " if interactive else "")
+            except EOFError:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                break
+            if line == "/reset":
+                history.clear()
+                print("(history cleared)")
+                continue
+            print("bot> ", end="", flush=True)
+            final = None
+            try:
+                for item in session.strategy.stream(line, history):
+                    if isinstance(item, Answer):
+                        final = item
+                    else:
+                        print(item, end="", flush=True)
+            except InputError as exc:
+                print(f"(error: {exc})")
+                continue
+            print()
+            for i, c in enumerate(final.citations, 1):
+                print(f"     [{i}] {c.title} — {c.source}")
+            history += [{"role": "user", "content": line}, {"role": "assistant", "content": final.answer}]
+            history = history[-12:]
+    finally:
+        session.close()
+    return 0
+
+
+@cli.command("bench answers")
+def cmd_bench_answers(args, settings: Settings) -> int:
+    from .evaluate.answers_bench import bench_answers, load_questions
+
+    settings = answer_settings(args, settings)
+    questions = load_questions(args.questions, split=args.split)
+    if args.limit:
+        questions = questions[: args.limit]
+    session = open_session(settings, args.strategy)
+    try:
+        result = bench_answers(session.strategy, questions)
+    finally:
+        session.close()
+    result.update({"questions_file": args.questions, "split": args.split, "bot": settings.bot})
+    summary = {k: v for k, v in result.items() if k != "per_question"}
+    cli.emit(args, result, lambda: json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,103 @@
+"""Erasure (`ragtune forget`): remove a document, a folder of documents or a whole source from every table and
+index of a bot — chunks, vectors, full-text rows, and derived tables that quote them (chat logs and the like,
+found by the store's column convention) — reclaim the space so no byte of the text stays in the database
+files, keep it from coming back at the next sync, mark adapters trained on it stale, and write an audit
+record that holds no personal data (a hash of what was forgotten, counts and the time)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import NotFoundError
+from .ingest.sync import path_hash
+from .store import Bot, Source, Store
+
+
+@dataclass(frozen=True)
+class ForgetReport:
+    subject_sha256: str  # what was forgotten, hashed: the same value the audit record holds
+    scope: str  # "source" (a registered source, removed with all its documents) or "documents"
+    documents: int
+    chunks: int
+    sources: int
+    derived_rows: int  # rows of chat logs and other tables that quoted the documents
+    adapters_marked_stale: int
+    reclaimed: bool  # false when another process held the database open and the WAL could not be emptied
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+def subject_hash(subject: str) -> str:
+    return hashlib.sha256(subject.encode("utf-8")).hexdigest()
+
+
+def forget(store: Store, bot: Bot, subject: str) -> ForgetReport:
+    """Forget `subject`: a registered source (its URI, or a path that resolves to it), one document (a file path
+    or page URL), or a folder inside a folder source (every document under it). Documents forgotten from a
+    source that stays registered are remembered by hash in the source's options, so a sync does not bring
+    them back. NotFoundError when nothing matches."""
+    started = time.perf_counter()
+    sources = store.list_sources(bot)
+    candidates = _candidates(subject)
+    whole = [s for s in sources if s.uri in candidates]
+    documents: dict[int, tuple[Source, str]] = {}
+    if not whole:
+        for source in sources:
+            for path, state in store.document_states(bot, source).items():
+                if any(path == c or (c.rstrip("/") and path.startswith(c.rstrip("/") + "/")) for c in candidates):
+                    documents[state.id] = (source, path)
+    if not whole and not documents:
+        raise NotFoundError(f"nothing to forget: no source or document {subject!r} in bot {bot.name!r}")
+    # keep forgotten documents from coming back with the next sync of a source that stays
+    for source in {id(s): s for s, _ in documents.values()}.values():
+        hashes = {path_hash(p) for s, p in documents.values() if s.id == source.id}
+        remembered = sorted(set(source.options.get("forgotten", [])) | hashes)
+        store.add_source(bot, source.uri, source.kind, {**source.options, "forgotten": remembered})
+    document_ids = list(documents)
+    for source in whole:
+        document_ids += [state.id for state in store.document_states(bot, source).values()]
+    stale = mark_adapters_stale(store, bot, document_ids)
+    scope = "source" if whole else "documents"
+    audit = {"action": "forget", "subject_sha256": subject_hash(subject), "scope": scope,
+             "adapters_marked_stale": stale}
+    counts = store.erase(bot, list(documents), [s.id for s in whole], audit)
+    return ForgetReport(subject_sha256=audit["subject_sha256"], scope=scope, documents=counts["documents"],
+                        chunks=counts["chunks"], sources=counts["sources"], derived_rows=counts["derived_rows"],
+                        adapters_marked_stale=stale, reclaimed=bool(counts.get("reclaimed", 1)),
+                        seconds=time.perf_counter() - started)
+
+
+def mark_adapters_stale(store: Store, bot: Bot, document_ids: Sequence[int]) -> int:
+    """Hook for fine-tuned adapters (issue D): mark every adapter whose lineage includes one of `document_ids`
+    as stale, and return how many were marked. No adapters exist yet, so this does nothing unless the store
+    provides `mark_adapters_stale(bot, document_ids)`; the adapter layer implements it there."""
+    hook = getattr(store, "mark_adapters_stale", None)
+    if hook is None:
+        return 0
+    return int(hook(bot, list(document_ids)))
+
+
+def _candidates(subject: str) -> set[str]:
+    """The spellings a subject may be stored under: as given, and for a local path, resolved."""
+    out = {subject, subject.rstrip("/")}
+    if "://" not in subject:
+        try:
+            out.add(str(Path(subject).expanduser().resolve()))
+        except (OSError, RuntimeError):
+            pass
+    else:
+        from .ingest.crawler import normalize_url
+
+        try:
+            out.add(normalize_url(subject))
+        except ValueError:
+            pass
+    return {c for c in out if c}

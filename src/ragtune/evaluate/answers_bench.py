@@ -1,0 +1,87 @@
+"""`ragtune bench answers`: score a strategy on a question file — answer accuracy (a key fact in the answer and
+the right source cited), abstention accuracy on unanswerable questions, latency and time to first token."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..types import Answer
+from .metrics import percentile
+
+
+def load_questions(path: str | Path, split: str = "all") -> list[dict[str, Any]]:
+    """JSONL lines {"question": str, "answers": [str], "source": str}; empty answers = unanswerable."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"question file {path} does not exist")
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise InputError(f"{path}:{n}: each line needs a non-empty \"question\" string")
+        answers = row.get("answers", [])
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise InputError(f"{path}:{n}: \"answers\" must be a list of strings")
+        if split != "all" and row.get("split", "all") != split:
+            continue
+        out.append({"question": row["question"], "answers": answers, "source": row.get("source") or "",
+                    "split": row.get("split", "")})
+    if not out:
+        raise InputError(f"{path}: no questions" + (f" with split {split!r}" if split != "all" else ""))
+    return out
+
+
+def is_correct(answer: Answer, case: dict[str, Any], require_citation: bool = True) -> bool:
+    if answer.abstained or not case["answers"]:
+        return False
+    text = answer.answer.lower()
+    if not any(a.lower() in text for a in case["answers"]):
+        return False
+    if not require_citation or not case["source"]:
+        return True
+    return any(Path(c.source).name == Path(case["source"]).name for c in answer.citations)
+
+
+def bench_answers(strategy, questions: list[dict[str, Any]]) -> dict[str, Any]:
+    per, latencies, ttfts = [], [], []
+    for case in questions:
+        started = time.perf_counter()
+        first = None
+        final = None
+        for item in strategy.stream(case["question"]):
+            if first is None:
+                first = (time.perf_counter() - started) * 1000
+            if isinstance(item, Answer):
+                final = item
+        total = (time.perf_counter() - started) * 1000
+        latencies.append(total)
+        ttfts.append(first or total)
+        answerable = bool(case["answers"])
+        ok = is_correct(final, case) if answerable else final.abstained
+        per.append({"question": case["question"], "answerable": answerable, "correct": ok,
+                    "abstained": final.abstained, "answer": final.answer,
+                    "expected": case["answers"], "expected_source": case["source"],
+                    "cited": [c.source for c in final.citations], "ms": round(total, 1),
+                    "evidence": final.extra.get("evidence")})
+    ans = [p for p in per if p["answerable"]]
+    una = [p for p in per if not p["answerable"]]
+    rate = lambda xs: round(sum(p["correct"] for p in xs) / len(xs), 4) if xs else None  # noqa: E731
+    return {
+        "strategy": strategy.name,
+        "model": getattr(getattr(strategy, "generator", None), "name", ""),
+        "questions": len(per), "answerable": len(ans), "unanswerable": len(una),
+        "answer_accuracy": rate(ans), "abstention_accuracy": rate(una),
+        "false_abstentions": sum(p["abstained"] for p in ans),
+        "latency_ms_p50": round(percentile(latencies, 50), 1), "latency_ms_p95": round(percentile(latencies, 95), 1),
+        "first_token_ms_p50": round(percentile(ttfts, 50), 1), "first_token_ms_p95": round(percentile(ttfts, 95), 1),
+        "per_question": per,
+    }

@@ -1,0 +1,140 @@
+"""Evidence checks that do not trust the model: sentence splitting, lexical support of a sentence by evidence,
+question coverage by retrieved text, prompt-injection detection in retrieved text, and best-sentence extraction."""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from .store.sqlite import STOPWORDS
+
+_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9`])|\n+")
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.']*[A-Za-z0-9]|[A-Za-z0-9]")
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+_MD = re.compile(r"^\s*(?:[-*+>#]+|\d+\.)\s+|[*_`]+")
+
+# Instruction-like text aimed at the assistant. Retrieved text is data: such sentences never reach the prompt
+# and are never quoted as an answer.
+_INJECTION = re.compile(
+    r"(ignore|disregard|forget|override)\s+(all\s+|any\s+)?(the\s+)?(previous|prior|above|earlier|your|system)\s+"
+    r"(instructions?|prompts?|rules?|messages?)"
+    r"|\b(note|message|instructions?)\s+(to|for)\s+(ai|the\s+ai|assistants?|language\s+models?|llms?|chat\s*bots?)\b"
+    r"|\byou\s+are\s+now\b|\bsystem\s+prompt\b|\bnew\s+instructions?\s*:|\bas\s+an\s+ai\s+(assistant|model)\b",
+    re.IGNORECASE,
+)
+
+# Words that carry no question-specific meaning in support questions (beyond the stopword list).
+_QUESTION_WORDS = frozenset(
+    "what which who whom whose when where why how many much does do did can could would should shall may might "
+    "is are was were will tell know please need want get give long often anything something there".split()
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _stemmer():
+    try:
+        import Stemmer  # PyStemmer: Snowball, as bm25s uses
+
+        return Stemmer.Stemmer("english").stemWord
+    except ImportError:  # pragma: no cover - PyStemmer is a core dependency
+        return lambda w: w
+
+
+@functools.lru_cache(maxsize=65536)
+def stem(word: str) -> str:
+    return _stemmer()(word)
+
+
+def words(text: str) -> list[str]:
+    return [w.lower().strip(".'-") for w in _WORD.findall(text)]
+
+
+def content_terms(text: str, drop_question_words: bool = False) -> list[str]:
+    """Stemmed content words (stopwords removed), in order, duplicates kept."""
+    out = []
+    for w in words(text):
+        if not w or w in STOPWORDS or (drop_question_words and w in _QUESTION_WORDS):
+            continue
+        out.append(stem(w))
+    return out
+
+
+def numbers(text: str) -> set[str]:
+    return {n.replace(",", "") for n in _NUMBER.findall(text)}
+
+
+def sentences(text: str) -> list[str]:
+    """Split into sentences and list items; Markdown markers stripped; very short fragments dropped."""
+    out = []
+    for part in _SENT_END.split(text):
+        s = _MD.sub("", part or "").strip()
+        if len(s) >= 3 and re.search(r"[A-Za-z0-9]", s):
+            out.append(s)
+    return out
+
+
+def is_injection(text: str) -> bool:
+    return bool(_INJECTION.search(text))
+
+
+def strip_injections(text: str) -> tuple[str, int]:
+    """Remove instruction-like sentences from retrieved text; returns (clean text, number removed)."""
+    parts = re.split(r"(?<=[.!?])\s+|\n", text)
+    kept = [p for p in parts if not is_injection(p)]
+    return ("\n".join(kept) if len(kept) != len(parts) else text), len(parts) - len(kept)
+
+
+def support(sentence: str, evidence: Iterable[str]) -> float:
+    """How well the evidence supports one sentence: the best share of the sentence's content terms found in
+    one evidence sentence; 0 when the sentence states a number that no evidence sentence has."""
+    terms = set(content_terms(sentence))
+    nums = numbers(sentence)
+    if not terms:
+        return 1.0
+    best = 0.0
+    for ev in evidence:
+        ev_terms = set(content_terms(ev))
+        if nums and not nums <= numbers(ev):
+            continue
+        best = max(best, len(terms & ev_terms) / len(terms))
+    return best
+
+
+@dataclass(frozen=True)
+class Groundedness:
+    share: float  # share of answer sentences supported
+    supported: tuple[str, ...]
+    unsupported: tuple[str, ...]
+
+
+def groundedness(answer: str, evidence_texts: Sequence[str], threshold: float = 0.6) -> Groundedness:
+    ev = [s for t in evidence_texts for s in sentences(t)]
+    sup, unsup = [], []
+    for s in sentences(answer):
+        (sup if support(s, ev) >= threshold else unsup).append(s)
+    total = len(sup) + len(unsup)
+    return Groundedness(len(sup) / total if total else 0.0, tuple(sup), tuple(unsup))
+
+
+def coverage(question: str, text: str, idf: dict[str, float] | None = None) -> float:
+    """IDF-weighted share of the question's content terms that occur in `text` (1.0 = all of them)."""
+    q = set(content_terms(question, drop_question_words=True))
+    if not q:
+        return 0.0
+    t = set(content_terms(text))
+    weight = (lambda term: idf.get(term, max(idf.values(), default=1.0))) if idf else (lambda term: 1.0)
+    total = sum(weight(term) for term in q)
+    return sum(weight(term) for term in q & t) / total if total else 0.0
+
+
+def idf_from(texts: Sequence[str]) -> dict[str, float]:
+    """Smoothed IDF over a set of texts (the retrieved candidates stand in for the corpus)."""
+    df: dict[str, int] = {}
+    for t in texts:
+        for term in set(content_terms(t)):
+            df[term] = df.get(term, 0) + 1
+    n = len(texts)
+    return {term: math.log((n + 1) / (c + 0.5)) + 1.0 for term, c in df.items()}

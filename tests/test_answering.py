@@ -1,0 +1,196 @@
+"""The answer path: citations, abstention from evidence, injection resistance, bad input, follow-ups."""
+
+import json
+
+import pytest
+
+from conftest import EXAMPLES, run_cli
+from ragtune.errors import ConfigError, InputError, NotFoundError
+from ragtune.ingest.sync import register_sources, sync_bot
+from ragtune.models.embedders import HashEmbedder
+from ragtune.models.generators import EchoGenerator, Generator
+from ragtune.strategies import BaseStrategy, BotProfile, RagStrategy, clean_question, condense, open_strategy
+from ragtune.types import Answer
+
+KB = EXAMPLES / "helpcenter" / "v1"
+
+
+class ScriptedGenerator(Generator):
+    """Fake that always says `text` (to test what the system does with a model that invents)."""
+
+    name = "scripted"
+
+    def __init__(self, text):
+        self.text = text
+
+    def stream(self, messages, max_tokens=160, temperature=0.0, stop=None):
+        self.last_messages = messages
+        for word in self.text.split(" "):
+            yield word + " "
+
+
+@pytest.fixture(scope="module")
+def real_kb(tmp_path_factory):
+    """The sample help centre indexed once with the real default embedder (abstention depends on it)."""
+    from ragtune.models.embedders import open_embedder
+    from ragtune.settings import Settings
+    from ragtune.store.sqlite import SQLiteStore
+
+    home = tmp_path_factory.mktemp("home")
+    settings = Settings.load(overrides={"home": str(home), "progress": False}, env={})
+    store = SQLiteStore(home / "ragtune.db")
+    embedder = open_embedder(settings)
+    bot = store.ensure_bot("default")
+    register_sources(store, bot, [str(KB)], settings)
+    sync_bot(store, settings, bot, embedder=embedder)
+    yield store, bot, settings, embedder
+    store.close()
+
+
+@pytest.fixture
+def kb(real_kb):
+    store, bot, settings, embedder = real_kb
+    store.update_bot_settings(bot, {"handoff": ""})
+    return store, store.get_bot("default")
+
+
+@pytest.fixture
+def settings(real_kb):
+    return real_kb[2]
+
+
+def rag(kb, settings, generator, **kw):
+    store, bot = kb
+    from ragtune.models.embedders import open_embedder
+
+    return RagStrategy(store, bot, settings, _EMB.setdefault("e", open_embedder(settings)), generator, **kw)
+
+
+_EMB: dict = {}
+
+
+def test_answer_has_citations_with_source_and_quote(kb, settings):
+    a = rag(kb, settings, EchoGenerator()).answer("How long does a full battery charge take from empty?")
+    assert not a.abstained and a.citations
+    assert a.citations[0].source.endswith("battery-care.md")
+    assert a.citations[0].quote and a.citations[0].chunk_id
+    assert "[1]" in a.answer
+    data = a.to_json()
+    assert set(data) >= {"answer", "abstained", "citations", "strategy", "model", "timings_ms"}
+    assert set(data["timings_ms"]) == {"retrieve", "generate", "total"}
+
+
+def test_invented_answer_is_not_passed_through(kb, settings):
+    liar = ScriptedGenerator("Yes, a full charge takes 17 minutes and costs $999.")
+    a = rag(kb, settings, liar).answer("How long does a full battery charge take from empty?")
+    assert "17 minutes" not in a.answer and "$999" not in a.answer
+    assert not a.abstained and "4.5 hours" in a.answer  # the evidence is quoted instead
+
+
+def test_unanswerable_question_abstains_with_handoff(kb, settings):
+    store, bot = kb
+    store.update_bot_settings(bot, {"handoff": "I don't know. Write to help@example.test."})
+    bot = store.get_bot("default")
+    liar = ScriptedGenerator("Yes. Our CEO is Jane Doe.")
+    a = RagStrategy(store, bot, settings, _EMB.setdefault("e", real_emb(settings)), liar).answer(
+        "Which submarine models do you rent in Japan?")
+    assert a.abstained and a.answer == "I don't know. Write to help@example.test." and a.citations == ()
+
+
+def real_emb(settings):
+    from ragtune.models.embedders import open_embedder
+
+    return open_embedder(settings)
+
+
+def test_generate_mode_abstains_when_nothing_is_supported(kb, settings):
+    liar = ScriptedGenerator("Our submarines are free on Tuesdays.")
+    a = rag(kb, settings, liar, answer_mode="generate").answer("How long does a full battery charge take from empty?")
+    assert a.abstained
+
+
+def test_instructions_inside_documents_never_reach_the_model(kb, settings):
+    spy = ScriptedGenerator("Gift cards are available.")
+    strategy = rag(kb, settings, spy)
+    a = strategy.answer("Can I buy a gift card, and do gift cards expire?")
+    prompt = json.dumps(spy.last_messages)
+    assert "ignore all previous instructions" not in prompt.lower()
+    assert "free" not in a.answer.lower() or "bikes are free" not in a.answer.lower()
+    assert a.extra["evidence"]["injections_removed"] >= 0
+
+
+def test_streaming_yields_text_then_the_answer(kb, settings):
+    items = list(rag(kb, settings, EchoGenerator()).stream("How long does a full battery charge take from empty?"))
+    assert isinstance(items[-1], Answer)
+    assert all(isinstance(i, str) for i in items[:-1]) and items[:-1]
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "\x00\x01\x02", "x" * 100_000])
+def test_bad_questions_are_one_line_errors(kb, settings, bad):
+    with pytest.raises(InputError) as err:
+        rag(kb, settings, EchoGenerator()).answer(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_control_characters_and_other_languages_are_graceful(kb, settings):
+    s = rag(kb, settings, EchoGenerator())
+    assert clean_question("How\x07 long\tdoes it\x1b take?") == "How long does it take?"
+    a = s.answer("¿Cuánto cuesta el plan más barato? 自行车多少钱？")
+    assert isinstance(a.answer, str) and a.answer
+
+
+def test_follow_up_is_condensed_with_history():
+    history = [{"role": "user", "content": "How long does shipping to the US take?"},
+               {"role": "assistant", "content": "5 to 7 business days."}]
+    assert "shipping" in condense("and for Canada?", history)
+    assert condense("How do I reset my password?", history) == "How do I reset my password?"
+
+
+def test_base_strategy_has_no_citations(settings):
+    a = BaseStrategy(ScriptedGenerator("Probably yes."), settings, BotProfile()).answer("Is it free?")
+    assert a.citations == () and a.strategy == "base"
+
+
+def test_unknown_strategy_and_mode(kb, settings):
+    store, bot = kb
+    with pytest.raises(ConfigError, match="valid values: base, rag"):
+        open_strategy("magic", store, bot, settings, None, EchoGenerator())
+    with pytest.raises(ConfigError, match="answer_mode"):
+        rag(kb, settings, EchoGenerator(), answer_mode="guess")
+
+
+def test_cli_ask_json_and_errors(home):
+    run_cli(home, "ingest", str(KB))
+    out = run_cli(home, "ask", "How long does a full battery charge take from empty?", "--model", "echo", "--json")
+    data = json.loads(out.stdout)
+    assert data["strategy"] == "rag" and data["citations"][0]["source"].endswith("battery-care.md")
+    for args, code, words in [
+        (["ask", "hello", "--bot", "nobody", "--model", "echo"], 3, "unknown bot 'nobody'"),
+        (["ask", "", "--model", "echo"], 2, "question is empty"),
+        (["ask", "hi", "--model", "openai", "--json"], 2, "generator_url"),
+        (["ask", "hi", "--model", "nonsense"], 2, "valid values"),
+    ]:
+        p = run_cli(home, *args, check=False)
+        assert p.returncode == code, (args, p.stderr)
+        assert words in p.stderr and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_cli_unreachable_endpoint_is_one_line(home):
+    run_cli(home, "ingest", str(KB))
+    p = run_cli(home, "ask", "How long does a full battery charge take?", "--model", "openai", check=False,
+                RAGTUNE_GENERATOR_URL="http://127.0.0.1:9/v1", RAGTUNE_GENERATOR_MODEL="x", RAGTUNE_ANSWER_MODE="generate")
+    assert p.returncode == 6 and "127.0.0.1:9" in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_chat_keeps_history(home):
+    run_cli(home, "ingest", str(KB))
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    proc = subprocess.run([sys.executable, "-m", "ragtune", "chat", "--model", "echo"], env=cli_env(home),
+                          input="How long does a full battery charge take from empty?\nand with the fast charger?\n/quit\n",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("bot> ") == 2 and "battery-care.md" in proc.stdout
