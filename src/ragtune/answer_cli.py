@@ -35,6 +35,12 @@ def _add_parsers(sub, bench, common) -> None:
     b.add_argument("--split", default="all", help="only questions with this split field (dev/test); default all")
     b.add_argument("--limit", type=int, default=0, help="first N questions only")
     answer_flags(b)
+    b = bench.add_parser("rgb", parents=[common], help="counterfactual robustness on RGB en_fact (wrong passages mixed in)",
+                         description="For each RGB question, index its correct, wrong and irrelevant passages in a "
+                         "temporary bot and report how often each strategy's answer follows a wrong passage.")
+    b.add_argument("--file", required=True, metavar="JSON", help="RGB en_fact.json (JSON lines)")
+    b.add_argument("--limit", type=int, default=0, help="first N questions only")
+    answer_flags(b)
 
 
 cli._EXTENSIONS.append(_add_parsers)
@@ -154,6 +160,19 @@ def cmd_chat(args, settings: Settings) -> int:
             history = history[-12:]
     finally:
         session.close()
+    return 0
+
+
+@cli.command("bench rgb")
+def cmd_bench_rgb(args, settings: Settings) -> int:
+    from .evaluate.rgb_bench import bench_rgb
+    from .models.embedders import open_embedder
+    from .models.generators import open_generator
+
+    settings = answer_settings(args, settings)
+    result = bench_rgb(args.file, settings, open_embedder(settings), open_generator(settings), limit=args.limit)
+    summary = {k: v for k, v in result.items() if k != "per_question"}
+    cli.emit(args, result, lambda: json.dumps(summary, indent=2))
     return 0
 
 

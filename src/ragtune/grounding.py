@@ -138,3 +138,51 @@ def idf_from(texts: Sequence[str]) -> dict[str, float]:
             df[term] = df.get(term, 0) + 1
     n = len(texts)
     return {term: math.log((n + 1) / (c + 0.5)) + 1.0 for term, c in df.items()}
+
+
+def _facts(text: str) -> set[str]:
+    """Numbers and capitalised words that are not sentence-initial: the parts where two versions of a fact differ."""
+    out = set(numbers(text))
+    tokens = text.split()
+    for i, tok in enumerate(tokens):
+        word = tok.strip(".,;:!?()\"'")
+        if i > 0 and word[:1].isupper() and word.lower() not in STOPWORDS:
+            out.add(word.lower())
+    return out
+
+
+def conflict(a: str, b: str, min_overlap: float = 0.5) -> bool:
+    """Two passages that say mostly the same thing but name different facts (numbers, names) disagree."""
+    ta, tb = set(content_terms(a)), set(content_terms(b))
+    if not ta or not tb:
+        return False
+    if len(ta & tb) / min(len(ta), len(tb)) < min_overlap:
+        return False
+    fa, fb = _facts(a), _facts(b)
+    return bool(fa - fb) and bool(fb - fa)
+
+
+# Expected answer types (classic QA answer-type matching): a question pattern, and what a passage that
+# answers it usually contains. Used as a small bonus when picking evidence, never to reject it.
+_ANSWER_TYPES = [
+    (r"\bhow (long|soon|quickly)\b|\bhow many (days|hours|weeks|months|minutes|years)\b|\bwhen will\b",
+     r"\b\d+(?:[.,]\d+)?\s*(?:to\s+\d+\s*)?(?:business\s+|working\s+)?(?:minutes?|hours?|days?|weeks?|months?|years?)\b"),
+    (r"\bhow much\b|\bprice\b|\bcost\b|\bfee\b|\bcharge\b|\bdiscount\b|\bpercent",
+     r"[$€£]\s?\d|\b\d+(?:\.\d+)?\s?%|\b\d+(?:\.\d+)?\s?(?:dollars|euros|usd|eur|gbp)\b"),
+    (r"\bwhat time\b|\buntil when\b|\bopening hours\b|\b(open|reach|available)\b.*\b(until|till)\b",
+     r"\b\d{1,2}[:.]\d{2}\b|\b\d{1,2}\s?(?:am|pm)\b"),
+    (r"\bversion\b", r"\b\d+\.\d+"),
+    (r"\bcommand\b|\bhow (?:do|can|should) i (?:run|install|add|activate|create|remove|update|build|publish|export)\b",
+     r"`[^`]+`|^\s*\$?\s*[a-z][\w.-]*\s+[a-z-]+"),
+    (r"\bsetting\b|\boption\b|\bconfig(?:uration)?\s+(?:key|value)\b", r"\b[a-z][\w-]*\.[a-z][\w.-]*\b|`[^`]+`"),
+    (r"\bwhere\b", r"[~/][\w./ -]+|\b(?:at|in|on)\s+(?:the\s+)?[A-Z]"),
+    (r"\b(phone|call|telephone)\b", r"\+?\d[\d\s().-]{6,}\d"),
+    (r"\be-?mail\b", r"\b[\w.+-]+@[\w-]+\.[\w.]+\b"),
+]
+_ANSWER_TYPES_C = [(re.compile(q, re.IGNORECASE), re.compile(a, re.IGNORECASE | re.MULTILINE)) for q, a in _ANSWER_TYPES]
+
+
+def answer_type_match(question: str, passage: str) -> bool:
+    """True when the question asks for a kind of value (duration, price, time, version, command, setting,
+    place, phone, email) and the passage contains one."""
+    return any(q.search(question) and a.search(passage) for q, a in _ANSWER_TYPES_C)

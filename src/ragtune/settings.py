@@ -80,21 +80,32 @@ class Settings:
     strategy: str = _f("rag", "answering strategy: base (generator alone) or rag (retrieval + citations)",
                        ("base", "rag"))
     answer_mode: str = _f(
-        "auto",
-        "how a rag answer is composed: generate (model sentences that the sources support), extract (quote the best "
-        "evidence sentence, no model), auto (supported model sentences, else the quote), quote (supported model "
-        "sentences plus the quote when they lack it)",
+        "quote",
+        "how a rag answer is composed: quote (the best evidence passage, streamed at once, then the model's "
+        "sentences that relevant sources support and that add to it), extract (the quote alone, no model), auto "
+        "(supported model sentences, else the quote), generate (supported model sentences, else abstain)",
         ("auto", "generate", "extract", "quote"),
     )
     min_support: float = _f(0.55, "abstain when the best evidence passage scores below this (similarity to the "
                             "question blended with the share of its rare terms, 0..1)")
+    conflict_margin: float = _f(0.05, "passages scoring within this of the best are checked for disagreeing facts")
+    answer_type_bonus: float = _f(0.05, "evidence bonus for a passage holding the kind of value asked for "
+                                  "(a duration for 'how long', a price for 'how much', ...)")
     evidence_window: int = _f(2, "most consecutive sentences quoted as one evidence passage")
     evidence_semantic_weight: float = _f(0.7, "weight of embedding similarity (vs rare-term overlap) in evidence scores")
     min_support_when_model_declines: float = _f(
         0.75, "when the model says it doesn't know, quote evidence only if it covers this much of the question")
+    relevance_margin: float = _f(0.1, "evidence that may support a generated sentence scores within this of the best")
     min_groundedness: float = _f(0.6, "a generated sentence is kept only if an evidence sentence holds this share of its words")
     evidence_hits: int = _f(4, "top hits whose sentences are candidate evidence")
     progress: bool = _f(True, "show progress bars on long work (RAGTUNE_NO_PROGRESS=1 turns them off)")
+    # serving
+    admin_key: str = _f("", "key that reaches every bot and the admin routes of `ragtune serve` (env "
+                        "RAGTUNE_ADMIN_KEY); unset, the server binds to 127.0.0.1 only and trusts local requests",
+                        secret=True)
+    rate_limit: int = _f(120, "requests per minute one key (or one widget visitor) may make to `ragtune serve`; "
+                         "0 = unlimited")
+    max_request_kb: int = _f(256, "largest request body `ragtune serve` accepts, in KB (uploads: max_file_mb)")
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -32,6 +32,8 @@ _IDK = re.compile(r"\b(i\s+do\s*n[o']?t\s+know|i\s+don'?t\s+have|not\s+(mentione
 _MARKER = re.compile(r"\s*\[(\d+)\]")
 _FOLLOW_UP = re.compile(r"^\s*(and|what about|how about|also|or|but|same for|what if)\b|\b(it|that|this|those|them|they)\b",
                         re.IGNORECASE)
+_FILLER = re.compile(r"^\s*((the\s+)?(short\s+)?answer(\s+to\s+(this|your)\s+question)?\s+is\s*:?|answer\s*:|"
+                     r"according\s+to\s+(the\s+)?sources?(\s*\[\d+\])?\s*,?)\s*", re.IGNORECASE)
 ANSWER_MODES = ("auto", "generate", "extract", "quote")
 
 
@@ -157,11 +159,24 @@ class RagStrategy(Strategy):
             cosines = [float(c) for c in vecs @ qvec]
         else:
             cosines = lexical
-        a = self.settings.evidence_semantic_weight
-        scored = sorted(((a * c + (1 - a) * lx, text, i) for (_, text, i), c, lx in zip(units, cosines, lexical)),
-                        key=lambda x: -x[0])
+        a, bonus = self.settings.evidence_semantic_weight, self.settings.answer_type_bonus
+        scored = sorted(((a * c + (1 - a) * lx + (bonus if g.answer_type_match(question, text) else 0.0), text, i)
+                         for (_, text, i), c, lx in zip(units, cosines, lexical)), key=lambda x: -x[0])
         best_cos = max(cosines)
         return scored, best_cos, removed
+
+    def _conflict(self, evidence: list[tuple[float, str, int]], hits: list[Hit]) -> tuple[int, int] | None:
+        """Two top passages from different documents that state different facts in the same words: answering
+        from either would be a coin toss (e.g. an outdated copy beside the current page), so hand off."""
+        if not evidence:
+            return None
+        top = [e for e in evidence[:12] if e[0] >= evidence[0][0] - self.settings.conflict_margin]
+        for a in range(len(top)):
+            for b in range(a + 1, len(top)):
+                ia, ib = top[a][2], top[b][2]
+                if hits[ia].document_id != hits[ib].document_id and g.conflict(top[a][1], top[b][1], 0.7):
+                    return ia, ib
+        return None
 
     def _idf(self, question: str) -> dict[str, float]:
         import math
@@ -198,7 +213,7 @@ class RagStrategy(Strategy):
         t_retrieve = (time.perf_counter() - started) * 1000
         info = {"support": round(best[0], 3), "similarity": round(similarity, 3), "injections_removed": injections}
 
-        def finish(text, abstained, citations, t_gen=0.0, **extra):
+        def finish(text, citations, abstained, t_gen=0.0, **extra):
             total = (time.perf_counter() - started) * 1000
             return Answer(text, abstained, tuple(citations), self.name, self.generator.name if self.mode != "extract"
                           else "extractive", {"retrieve": t_retrieve, "generate": t_gen, "total": total},
@@ -206,13 +221,23 @@ class RagStrategy(Strategy):
 
         if not hits or best[0] < self.min_support:
             yield self.profile.handoff
-            yield finish(self.profile.handoff, True, [], reason="weak retrieval support")
+            yield finish(self.profile.handoff, [], True, reason="weak retrieval support")
             return
 
+        clash = self._conflict(evidence, hits)
+        if clash:
+            yield self.profile.handoff
+            yield finish(self.profile.handoff, [], True, reason="sources disagree",
+                         conflicting=[hits[i].source for i in clash])
+            return
+
+        quote = (quote_text(best[1], hits[best[2]]), best[2])
+        kept: list[tuple[str, int]] = []  # (sentence without markers, supporting hit index), in answer order
+        if self.mode in ("extract", "quote"):  # the evidence first: it is ready before the model starts
+            kept.append(quote)
+            yield _with_marker(*quote, cite_order=_order(kept))
         if self.mode == "extract":
-            text, cites = self._quote(best, hits)
-            yield text
-            yield finish(text, False, cites)
+            yield finish(*self._render(kept, hits), False)
             return
 
         context, used = self._pack(hits)
@@ -220,52 +245,49 @@ class RagStrategy(Strategy):
                     *[m for m in list(history)[-4:] if m.get("role") in ("user", "assistant")],
                     {"role": "user", "content": f"Sources:\n{context}\n\nQuestion: {q}"}]
         t0 = time.perf_counter()
-        evidence_sents = [(s, i) for _, s, i in evidence]
-        kept: list[tuple[str, int]] = []  # (sentence without markers, supporting hit index)
+        # a generated sentence must be supported by evidence that is itself relevant to the question
+        relevant = [(s, i) for score, s, i in evidence if score >= best[0] - self.settings.relevance_margin]
+        said = set(g.content_terms(quote[0])) if kept else set()
         raw_parts: list[str] = []
         buffer = ""
+
+        def admit(sentence: str):
+            item = self._check(sentence, relevant)
+            if item is None:
+                return None
+            terms = set(g.content_terms(item[0]))
+            if kept and terms <= said | set(g.content_terms(q)):  # adds nothing to what is already said
+                return None
+            said.update(terms)
+            kept.append(item)
+            return (" " if len(kept) > 1 else "") + _with_marker(*item, cite_order=_order(kept))
+
         for piece in self.generator.stream(messages, max_tokens=self.settings.max_tokens):
             raw_parts.append(piece)
             buffer += piece
             done, buffer = _complete_sentences(buffer)
             for sentence in done:
-                item = self._check(sentence, evidence_sents)
-                if item:
-                    kept.append(item)
-                    yield _with_marker(*item, cite_order=_order(kept)) + " "
-        if buffer.strip():
-            item = self._check(buffer.strip(), evidence_sents)
-            if item:
-                kept.append(item)
-                yield _with_marker(*item, cite_order=_order(kept)) + " "
+                if (out := admit(sentence)) is not None:
+                    yield out
+        if buffer.strip() and (out := admit(buffer.strip())) is not None:
+            yield out
         t_gen = (time.perf_counter() - t0) * 1000
         raw = "".join(raw_parts).strip()
-        said_idk = bool(_IDK.search(raw))
-        if self.mode == "generate":
-            if not kept:
+        if not kept:
+            declined = bool(_IDK.search(raw)) and best[0] < self.settings.min_support_when_model_declines
+            if self.mode == "generate" or declined:
                 yield self.profile.handoff
-                yield finish(self.profile.handoff, True, [], t_gen, reason="answer not supported by sources",
-                             raw_answer=raw)
+                yield finish(self.profile.handoff, [], True, t_gen, raw_answer=raw,
+                             reason="model declined, evidence moderate" if declined else "answer not supported by sources")
                 return
-            yield finish(*self._render(kept, hits), t_gen=t_gen, raw_answer=raw)
-            return
-        # auto / quote: the best evidence sentence is quoted when the model's answer does not already carry it
-        covered = any(i == best[2] and g.support(best[1], [s]) >= 0.8 for s, i in kept)
-        if (not kept or self.mode == "quote") and not covered:
-            if said_idk and not kept and best[0] < self.settings.min_support_when_model_declines:
-                yield self.profile.handoff
-                yield finish(self.profile.handoff, True, [], t_gen, reason="model declined, evidence moderate",
-                             raw_answer=raw)
-                return
-            kept.append((quote_text(best[1], hits[best[2]]), best[2]))
-            yield _with_marker(*kept[-1], cite_order=_order(kept))
-        text, cites = self._render(kept, hits)
-        yield finish(text, False, cites, t_gen, raw_answer=raw)
+            kept.append(quote)  # auto: the model said nothing the sources support, so quote them
+            yield _with_marker(*quote, cite_order=_order(kept))
+        yield finish(*self._render(kept, hits), False, t_gen, raw_answer=raw)
 
     def _check(self, sentence: str, evidence: list[tuple[str, int]]) -> tuple[str, int] | None:
         """Keep a generated sentence only when one evidence sentence supports it; drop the model's own
         [n] markers (citations are re-derived from the supporting evidence)."""
-        plain = _MARKER.sub("", sentence).strip()
+        plain = _FILLER.sub("", _MARKER.sub("", sentence)).strip()
         if not plain or _IDK.search(plain) or g.is_injection(plain):
             return None
         best, where = 0.0, -1
@@ -274,9 +296,6 @@ class RagStrategy(Strategy):
             if v > best:
                 best, where = v, i
         return (plain, where) if best >= self.settings.min_groundedness else None
-
-    def _quote(self, best, hits) -> tuple[str, list[Citation]]:
-        return self._render([(quote_text(best[1], hits[best[2]]), best[2])], hits)
 
     def _render(self, kept: list[tuple[str, int]], hits: list[Hit]) -> tuple[str, list[Citation]]:
         order = _order(kept)

@@ -163,6 +163,7 @@ class SiteCrawler:
 
     def _crawl(self) -> Iterator[PageEvent]:
         try:
+            self._follow_start()
             self.robots = self._read_robots()
         except SourceError as exc:  # refused by the guard, unreachable, 5xx: nothing is fetched
             yield PageEvent(self.start, "failed", error=str(exc))
@@ -172,14 +173,15 @@ class SiteCrawler:
         sitemap_urls, sitemap_errors = self._read_sitemaps()
         for url, error in sitemap_errors:
             yield PageEvent(url, "failed", error=error)
-        for url in sitemap_urls:
+        for url in sitemap_urls if self.limits.max_depth >= 1 else ():
             if url not in seen:
                 seen.add(url)
                 queue.append((url, 1))
         for url, state in sorted(self.states.items()):  # revisit what we hold, so deletions are noticed
-            if url not in seen:
+            depth = int((state.metadata or {}).get("depth", 1))
+            if url not in seen and depth <= self.limits.max_depth:
                 seen.add(url)
-                queue.append((url, int(state.metadata.get("depth", 1)) if state.metadata else 1))
+                queue.append((url, depth))
         done: set[str] = set()
         while queue:
             url, depth = queue.popleft()
@@ -202,6 +204,26 @@ class SiteCrawler:
                     if link not in seen and self.in_scope(link) and not _skipped_suffix(link):
                         seen.add(link)
                         queue.append((link, depth + 1))
+
+    def _follow_start(self) -> None:
+        """When the start URL redirects to another host (example.com → www.example.com), crawl that site: the
+        user named it. Only redirects are followed here, each hop through the guard; a page answer ends it."""
+        url = self.start
+        for _ in range(MAX_REDIRECTS):
+            self.stats.requests += 1
+            self.stats.requested.append(url)
+            try:
+                with self.client.stream("GET", url) as response:
+                    location = response.headers.get("location") if response.status_code in _REDIRECTS else None
+            except httpx.HTTPError as exc:
+                raise SourceError(f"request failed: {type(exc).__name__}: {exc}") from None
+            if not location:
+                break
+            url = normalize_url(urljoin(url, location))
+        if url != self.start and not self.same_site(url):
+            parts = urlsplit(url)
+            self.start, self.host, self.port = url, (parts.hostname or "").lower(), parts.port
+            self.scope = parts.path[: parts.path.rfind("/") + 1] or "/"
 
     def _limit_reached(self) -> str:
         if self.stats.pages >= self.limits.max_pages:
@@ -244,7 +266,7 @@ class SiteCrawler:
             return events + ([PageEvent(url, "gone", error=f"HTTP {status}")] if state else []), []
         if status != 200:
             return events + [PageEvent(url, "failed", error=f"HTTP {status}")], []
-        kind = _KIND_BY_TYPE.get(response.headers.get("content-type", "").split(";")[0].strip().lower())
+        kind = _page_kind(url, response.headers.get("content-type", ""))
         if kind is None:
             return events, []  # an image, a feed, a download: no loader for it
         digest = hashlib.sha256(body).hexdigest()
@@ -405,6 +427,17 @@ def _absolute_links(base: str, links: tuple[str, ...]) -> list[str]:
         except ValueError:
             continue
     return out
+
+
+def _page_kind(url: str, content_type: str) -> str | None:
+    """The loader kind for a response: from its Content-Type, or from the URL's suffix when the server only
+    says "some bytes"."""
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype in ("", "application/octet-stream", "binary/octet-stream"):
+        suffix = urlsplit(url).path.lower().rsplit(".", 1)[-1]
+        return {"pdf": "pdf", "docx": "docx", "md": "markdown", "markdown": "markdown", "txt": "text",
+                "html": "html", "htm": "html"}.get(suffix)
+    return _KIND_BY_TYPE.get(ctype)
 
 
 def _skipped_suffix(url: str) -> bool:

@@ -37,6 +37,9 @@ ZIP_MAX_ENTRIES = 2000
 ZIP_MAX_UNCOMPRESSED = 256 * 1024 * 1024
 _MB = 1024 * 1024
 _LEN = 4
+# Windows has neither select() on pipes nor rlimits: there the loaders run in-process (checks still apply,
+# limits do not)
+IN_PROCESS = os.name == "nt"
 # how zlib, libxml2 and the C runtime word a failed allocation once a parser turns it into its own error
 _ALLOC_FAILED = re.compile(r"unable to allocate|allocation failed|cannot allocate|out of memory", re.I)
 
@@ -59,7 +62,7 @@ class ParserPool:
             raise ValueError("parse_timeout must be > 0 and parse_memory_mb at least 128")
         self.timeout = timeout
         self.memory_mb = memory_mb
-        self.peak_rss_kb = 0  # the largest resident size any worker reached (kB, as ru_maxrss)
+        self.peak_rss_kb = 0  # the largest resident size any worker reached (kB)
         self.restarts = 0
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
@@ -93,10 +96,8 @@ class ParserPool:
         self.close()
 
     # ------------------------------------------------------------------ worker management
-    def _ensure(self) -> subprocess.Popen:
-        if self._proc is None:
-            if os.name == "nt":
-                raise SourceError("isolated parsing needs a POSIX system")
+    def _ensure(self) -> subprocess.Popen | None:
+        if self._proc is None and not IN_PROCESS:
             root = str(Path(__file__).resolve().parents[2])  # the folder holding the ragtune package
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
@@ -112,6 +113,7 @@ class ParserPool:
         proc, self._proc = self._proc, None
         if proc is None:
             return ""
+        self.peak_rss_kb = max(self.peak_rss_kb, _peak_rss_kb(proc.pid))
         if graceful:
             try:
                 proc.stdin.close()
@@ -119,25 +121,24 @@ class ParserPool:
                 pass
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                pid, status = os.waitpid(proc.pid, os.WNOHANG)
                 if pid:
-                    return self._reaped(proc, status, usage)
+                    return self._reaped(proc, status)
                 time.sleep(0.01)
-        try:  # not proc.kill(): it polls first, and a poll that reaps the worker would lose its rusage
+        try:  # not proc.kill(): it polls first, and a poll that reaps the worker would lose its exit status
             os.kill(proc.pid, signal.SIGKILL)  # the pid is ours until we reap it, even as a zombie
         except ProcessLookupError:
             pass
-        _, status, usage = os.wait4(proc.pid, 0)
-        return self._reaped(proc, status, usage)
+        _, status = os.waitpid(proc.pid, 0)
+        return self._reaped(proc, status)
 
-    def _reaped(self, proc: subprocess.Popen, status: int, usage) -> str:
+    def _reaped(self, proc: subprocess.Popen, status: int) -> str:
         proc.returncode = os.waitstatus_to_exitcode(status)
         for stream in (proc.stdin, proc.stdout):
             try:
                 stream.close()
             except OSError:
                 pass
-        self.peak_rss_kb = max(self.peak_rss_kb, usage.ru_maxrss)
         code = proc.returncode
         if code < 0:
             try:
@@ -147,6 +148,8 @@ class ParserPool:
         return f"exit code {code}"
 
     def _call(self, header: dict[str, Any], payload: bytes) -> ParsedPage:
+        if IN_PROCESS:
+            return _handle(header, payload)
         with self._lock:
             proc = self._ensure()
             deadline = time.monotonic() + self.timeout
@@ -163,9 +166,7 @@ class ParserPool:
             except (EOFError, BrokenPipeError, ConnectionResetError, ValueError):
                 self.restarts += 1
                 how = self._stop(graceful=False)
-                if how in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS") or "code" in how:
-                    raise SourceError(f"the parser crashed ({how}); skipped") from None
-                raise SourceError(f"the parser stopped ({how}); skipped") from None
+                raise SourceError(f"the parser crashed ({how}); skipped") from None
             self.peak_rss_kb = max(self.peak_rss_kb, int(reply.get("rss_kb", 0)))
             if reply.get("fatal"):  # the worker is exiting (e.g. after MemoryError): reap it now
                 self.restarts += 1
@@ -250,7 +251,7 @@ def worker_main() -> None:
             reply = {"error": "the document is nested too deeply to parse; skipped"}
         except Exception as exc:  # a parser bug on a hostile file: one line for `failed`, the worker lives on
             reply = {"error": f"could not parse: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
-        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss_kb = _peak_rss_kb(os.getpid())
         if "error" in reply and (rss_kb * 1024 > 0.85 * limit or _ALLOC_FAILED.search(reply["error"])):
             # C parsers (libxml2, lexbor) report a failed allocation as some other error: name the real cause,
             # and start a fresh worker, since this one's heap stays large
@@ -262,6 +263,24 @@ def worker_main() -> None:
         proto_out.write(len(body).to_bytes(_LEN, "big") + body)
         if fatal:
             return
+
+
+def _peak_rss_kb(pid: int) -> int:
+    """Peak resident size of a process since its exec (VmHWM). Not ru_maxrss: Linux carries that over from
+    the parent through fork and exec, so a worker of a large process would look large."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    if pid != os.getpid():
+        return 0
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, kB elsewhere
 
 
 def _read_frame_or_eof(stream) -> bytes | None:
@@ -312,7 +331,8 @@ def _read_file(path: Path, max_bytes: int) -> tuple[bytes, float]:
         if not path.is_file():
             raise SourceError("not a regular file")
         if st.st_size > max_bytes:
-            raise SourceError(f"file is {st.st_size / _MB:.1f} MB, over the {max_bytes / _MB:.1f} MB limit (max_file_mb)")
+            raise SourceError(
+                f"file is {st.st_size / _MB:.1f} MB, over the {max_bytes / _MB:.1f} MB limit (max_file_mb)")
         with open(path, "rb") as f:
             data = f.read(max_bytes + 1)
     except FileNotFoundError:

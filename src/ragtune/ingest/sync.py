@@ -196,14 +196,11 @@ def sync_bot(
             finally:
                 if bar is not None:
                     bar.close()
-        for source in sites:
-            _sync_site(ctx, source, on_document)
+        sites = [source for source in sites if _sync_site(ctx, source, on_document)]
     finally:
         ctx.close()
     now = time.time()
-    for source, _ in work:
-        store.mark_synced(source, now)
-    for source in sites:
+    for source in [s for s, _ in work] + sites:
         store.mark_synced(source, now)
     report.seconds = time.perf_counter() - started
     return report
@@ -288,9 +285,10 @@ def _store_loaded(ctx: _Context, source, loaded) -> None:
             report.updated += 1
 
 
-def _sync_site(ctx: _Context, source: Source, on_document) -> None:
+def _sync_site(ctx: _Context, source: Source, on_document) -> bool:
     """Crawl a website source: changed pages are indexed in groups, pages now gone are removed, failures
-    reported; when the crawl cannot start (refused address, robots.txt unreachable) stored pages are kept."""
+    reported; when the crawl cannot start (refused address, robots.txt unreachable) stored pages are kept.
+    Returns whether any page was fetched (the source counts as synced)."""
     from .crawler import CrawlLimits, SiteCrawler
     from .isolation import ParsedPage
 
@@ -332,6 +330,7 @@ def _sync_site(ctx: _Context, source: Source, on_document) -> None:
             on_document(event.url)
     if pending:
         _store_loaded(ctx, source, pending)
+    return crawler.stats.pages > 0
 
 
 def _progress(total: int, enabled: bool):

@@ -42,6 +42,20 @@ class DocumentState:
     metadata: dict[str, Any] = field(default_factory=dict)  # e.g. a page's ETag, links; whether PII was redacted
 
 
+@dataclass(frozen=True)
+class ApiKey:
+    """A bot's API key or widget token; the secret itself is never stored, only its sha256 digest."""
+
+    id: int
+    bot_id: int
+    bot: str
+    kind: str  # "key" (the bot's API) | "widget" (chat with the bot, nothing else)
+    hint: str  # the secret's first characters, to tell keys apart
+    label: str
+    created_at: float
+    revoked_at: float | None
+
+
 class Store(ABC):
     """Everything is scoped by bot: no method returns another bot's rows."""
 
@@ -119,6 +133,42 @@ class Store(ABC):
     @abstractmethod
     def get_hits(self, bot: Bot, scored: Sequence[tuple[str, float]]) -> list[Hit]:
         """Turn scored chunk ids into Hits (text, heading, source, title), keeping the order."""
+
+    # keys (serving) ---------------------------------------------------------
+    @abstractmethod
+    def add_key(self, bot: Bot, kind: str, digest: str, hint: str, label: str = "") -> ApiKey: ...
+
+    @abstractmethod
+    def find_key(self, digest: str) -> ApiKey | None:
+        """The live (not revoked) key of any bot whose secret has this sha256 digest."""
+
+    @abstractmethod
+    def list_keys(self, bot: Bot) -> list[ApiKey]: ...
+
+    @abstractmethod
+    def revoke_key(self, bot: Bot, key_id: int) -> None:
+        """NotFoundError for an unknown, foreign or already revoked key."""
+
+    # conversations (serving) ------------------------------------------------
+    @abstractmethod
+    def add_messages(self, bot: Bot, conversation_id: str | None, messages: Sequence[dict[str, Any]],
+                     channel: str = "api") -> tuple[str, list[int]]:
+        """Append messages ({role, content, citations, meta}) to one of the bot's conversations, or to a new one
+        (random id) when `conversation_id` is None; return the conversation id and the new message ids.
+        A foreign or unknown conversation id raises NotFoundError."""
+
+    @abstractmethod
+    def list_conversations(self, bot: Bot, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Newest first: {id, channel, created_at, updated_at, messages, first_question, thumbs_up, thumbs_down}."""
+
+    @abstractmethod
+    def get_conversation(self, bot: Bot, conversation_id: str) -> dict[str, Any]:
+        """{id, channel, created_at, updated_at, messages: [{id, role, content, citations, meta, created_at,
+        feedback}]}; NotFoundError for a foreign or unknown id."""
+
+    @abstractmethod
+    def set_feedback(self, bot: Bot, message_id: int, rating: int, comment: str = "") -> None:
+        """Thumbs up (1) or down (-1) with a comment on one of the bot's answers (replaces earlier feedback)."""
 
     # lifecycle ------------------------------------------------------------
     @abstractmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -15,9 +16,9 @@ import numpy as np
 
 from ..errors import NotFoundError, RagtuneError
 from ..types import Chunk, Hit, LoadedDocument
-from .base import Bot, DocumentState, Source, Store
+from .base import ApiKey, Bot, DocumentState, Source, Store
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Numbered migrations: index i brings the schema from version i to i+1.
 MIGRATIONS = [
@@ -81,6 +82,45 @@ MIGRATIONS = [
         DELETE FROM chunks_fts WHERE rowid = old.rowid;
     END;
     """,
+    # 2: serving — per-bot keys and widget tokens (only a sha256 of each secret is kept), conversations with
+    # their messages (an answer's `citations` lists the chunk ids it quotes, so erasure finds it) and feedback.
+    """
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY,
+        bot_id INTEGER NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        digest TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        label TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE INDEX api_keys_bot ON api_keys(bot_id);
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        bot_id INTEGER NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        channel TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX conversations_bot ON conversations(bot_id, updated_at);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        citations TEXT NOT NULL DEFAULT '[]',
+        meta TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX messages_conversation ON messages(conversation_id, id);
+    CREATE TABLE feedback (
+        message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+        rating INTEGER NOT NULL,
+        comment TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -116,6 +156,7 @@ class SQLiteStore(Store):
         self.db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._matrices: dict[tuple[int, str], tuple[int, np.ndarray, np.ndarray]] = {}
+        self._df_cache: dict[int, tuple[int, dict[str, int]]] = {}
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -350,6 +391,95 @@ class SQLiteStore(Store):
             "vectors": q("SELECT count(*) FROM vectors WHERE bot_id = ?"),
         }
 
+    # ------------------------------------------------------------------ keys
+    def _key(self, row: sqlite3.Row) -> ApiKey:
+        return ApiKey(row["id"], row["bot_id"], row["bot"], row["kind"], row["hint"], row["label"],
+                      row["created_at"], row["revoked_at"])
+
+    _KEY_SELECT = "SELECT k.*, b.name AS bot FROM api_keys k JOIN bots b ON b.id = k.bot_id "
+
+    def add_key(self, bot: Bot, kind: str, digest: str, hint: str, label: str = "") -> ApiKey:
+        with self._tx():
+            key_id = self.db.execute(
+                "INSERT INTO api_keys(bot_id, kind, digest, hint, label, created_at) VALUES (?,?,?,?,?,?)",
+                (bot.id, kind, digest, hint, label, time.time())).lastrowid
+        return self._key(self.db.execute(self._KEY_SELECT + "WHERE k.id = ?", (key_id,)).fetchone())
+
+    def find_key(self, digest: str) -> ApiKey | None:
+        row = self.db.execute(self._KEY_SELECT + "WHERE k.digest = ? AND k.revoked_at IS NULL", (digest,)).fetchone()
+        return self._key(row) if row else None
+
+    def list_keys(self, bot: Bot) -> list[ApiKey]:
+        return [self._key(r) for r in self.db.execute(self._KEY_SELECT + "WHERE k.bot_id = ? ORDER BY k.id", (bot.id,))]
+
+    def revoke_key(self, bot: Bot, key_id: int) -> None:
+        with self._tx():
+            cur = self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND bot_id = ? AND revoked_at IS NULL",
+                                  (time.time(), key_id, bot.id))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no key {key_id} in bot {bot.name!r}")
+
+    # ------------------------------------------------------------------ conversations
+    def add_messages(self, bot: Bot, conversation_id: str | None, messages: Sequence[dict[str, Any]],
+                     channel: str = "api") -> tuple[str, list[int]]:
+        now = time.time()
+        ids = []
+        with self._tx():
+            if conversation_id is None:
+                conversation_id = secrets.token_urlsafe(16)
+                self.db.execute("INSERT INTO conversations(id, bot_id, channel, created_at, updated_at) "
+                                "VALUES (?,?,?,?,?)", (conversation_id, bot.id, channel, now, now))
+            else:
+                cur = self.db.execute("UPDATE conversations SET updated_at = ? WHERE id = ? AND bot_id = ?",
+                                      (now, conversation_id, bot.id))
+                if cur.rowcount == 0:
+                    raise NotFoundError(f"no conversation {conversation_id!r} in bot {bot.name!r}")
+            for m in messages:
+                ids.append(self.db.execute(
+                    "INSERT INTO messages(conversation_id, role, content, citations, meta, created_at) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (conversation_id, m["role"], m["content"], json.dumps(m.get("citations") or []),
+                     json.dumps(m.get("meta") or {}), now)).lastrowid)
+        return conversation_id, ids
+
+    def list_conversations(self, bot: Bot, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT c.id, c.channel, c.created_at, c.updated_at, count(m.id) AS messages, "
+            "(SELECT content FROM messages WHERE conversation_id = c.id AND role = 'user' ORDER BY id LIMIT 1) "
+            "AS first_question, sum(f.rating > 0) AS thumbs_up, sum(f.rating < 0) AS thumbs_down "
+            "FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id "
+            "LEFT JOIN feedback f ON f.message_id = m.id WHERE c.bot_id = ? "
+            "GROUP BY c.id ORDER BY c.updated_at DESC, c.id LIMIT ? OFFSET ?", (bot.id, limit, offset))
+        return [{**dict(r), "thumbs_up": r["thumbs_up"] or 0, "thumbs_down": r["thumbs_down"] or 0,
+                 "first_question": r["first_question"] or ""} for r in rows]
+
+    def get_conversation(self, bot: Bot, conversation_id: str) -> dict[str, Any]:
+        conv = self.db.execute("SELECT id, channel, created_at, updated_at FROM conversations WHERE id = ? "
+                               "AND bot_id = ?", (conversation_id, bot.id)).fetchone()
+        if conv is None:
+            raise NotFoundError(f"no conversation {conversation_id!r} in bot {bot.name!r}")
+        rows = self.db.execute(
+            "SELECT m.*, f.rating, f.comment FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
+            "WHERE m.conversation_id = ? ORDER BY m.id", (conversation_id,))
+        messages = [{"id": r["id"], "role": r["role"], "content": r["content"],
+                     "citations": json.loads(r["citations"]), "meta": json.loads(r["meta"]),
+                     "created_at": r["created_at"],
+                     "feedback": None if r["rating"] is None else {"rating": r["rating"], "comment": r["comment"]}}
+                    for r in rows]
+        return {**dict(conv), "messages": messages}
+
+    def set_feedback(self, bot: Bot, message_id: int, rating: int, comment: str = "") -> None:
+        with self._tx():
+            row = self.db.execute(
+                "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                "WHERE m.id = ? AND c.bot_id = ? AND m.role = 'assistant'", (message_id, bot.id)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no answer {message_id} in bot {bot.name!r}")
+            self.db.execute("INSERT INTO feedback(message_id, rating, comment, created_at) VALUES (?,?,?,?) "
+                            "ON CONFLICT(message_id) DO UPDATE SET rating = excluded.rating, "
+                            "comment = excluded.comment, created_at = excluded.created_at",
+                            (message_id, rating, comment, time.time()))
+
     # ------------------------------------------------------------------ search
     def search_lexical(self, bot: Bot, query: str, k: int) -> list[tuple[str, float]]:
         match = fts_query(query)
@@ -363,16 +493,25 @@ class SQLiteStore(Store):
         return [(r[0], -r[1]) for r in rows]  # FTS5's bm25() is lower-is-better
 
     def term_frequencies(self, bot: Bot, words: Sequence[str]) -> tuple[dict[str, int], int]:
+        # Counts only change when the bot's data does: cached per bot generation (every answer asks for them).
+        generation = self.db.execute("SELECT generation FROM bots WHERE id = ?", (bot.id,)).fetchone()[0]
+        cache = self._df_cache.get(bot.id)
+        if cache is None or cache[0] != generation or len(cache[1]) > 50_000:
+            cache = self._df_cache[bot.id] = (generation, {})
+        counts = cache[1]
         out = {}
         for w in set(words):
             clean = w.replace('"', "")
             if not clean.strip():
                 continue
-            out[w] = self.db.execute(
-                "SELECT count(*) FROM chunks_fts JOIN chunks c ON c.rowid = chunks_fts.rowid "
-                "WHERE chunks_fts MATCH ? AND c.bot_id = ?", (f'"{clean}"', bot.id)).fetchone()[0]
-        total = self.db.execute("SELECT count(*) FROM chunks WHERE bot_id = ?", (bot.id,)).fetchone()[0]
-        return out, total
+            if clean not in counts:
+                counts[clean] = self.db.execute(
+                    "SELECT count(*) FROM chunks_fts JOIN chunks c ON c.rowid = chunks_fts.rowid "
+                    "WHERE chunks_fts MATCH ? AND c.bot_id = ?", (f'"{clean}"', bot.id)).fetchone()[0]
+            out[w] = counts[clean]
+        if "" not in counts:
+            counts[""] = self.db.execute("SELECT count(*) FROM chunks WHERE bot_id = ?", (bot.id,)).fetchone()[0]
+        return out, counts[""]
 
     def _matrix(self, bot: Bot, embedder: str) -> tuple[np.ndarray, np.ndarray]:
         generation = self.db.execute("SELECT generation FROM bots WHERE id = ?", (bot.id,)).fetchone()[0]
