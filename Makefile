@@ -14,6 +14,8 @@ export TRANSFORMERS_OFFLINE := 1
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	# headless Chromium for the browser tests: Debian's package (Playwright never downloads a browser)
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	# torch: the CPU wheel on this machine; an unpinned torch would pull a multi-GB CUDA build

@@ -65,14 +65,37 @@ def serve(args) -> None:
     from ragtune.settings import Settings
 
     overrides = {"home": args.home, "embedder": args.embedder, "progress": False, "max_tokens": args.max_tokens,
-                 "answer_mode": args.answer_mode}
+                 "answer_mode": args.answer_mode, "context_tokens": args.context_tokens}
     if args.model != "stub":
         overrides["generator"] = args.model
     settings = Settings.load(overrides=overrides, env={k: v for k, v in os.environ.items()
                                                         if k in ("RAGTUNE_THREADS",)})
     generator = StubGenerator(args.ttft, args.per_token, STUB_TEXT) if args.model == "stub" else None
-    uvicorn.run(create_app(settings, generator=generator), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False)
+    app = ServerClock(create_app(settings, generator=generator), Path(args.home) / "server-times.jsonl")
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+class ServerClock:
+    """ASGI wrapper: for each completion, the server's own time from the request's arrival to the first chunk
+    carrying text, and to the last byte (so the client's share of the latency can be told apart)."""
+
+    def __init__(self, app, path: Path) -> None:
+        self.app, self.out = app, open(path, "a", buffering=1)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].endswith("/completions"):
+            return await self.app(scope, receive, send)
+        started, first = time.perf_counter(), None
+
+        async def timed_send(message):
+            nonlocal first
+            if first is None and message["type"] == "http.response.body" and b'"content": "' in message.get(
+                    "body", b"") and b'"content": ""' not in message.get("body", b""):
+                first = time.perf_counter() - started
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+        self.out.write(json.dumps({"ttft": first, "total": time.perf_counter() - started}) + "\n")
 
 
 def prepare(home: Path, embedder: str, clients: int) -> list[str]:
@@ -96,7 +119,8 @@ def start_server(args, home: Path) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     cmd = [sys.executable, __file__, "--serve", "--home", str(home), "--port", str(port), "--model", args.model,
            "--embedder", args.embedder, "--ttft", str(args.ttft), "--per-token", str(args.per_token),
-           "--max-tokens", str(args.max_tokens), "--answer-mode", args.answer_mode]
+           "--max-tokens", str(args.max_tokens), "--answer-mode", args.answer_mode,
+           "--context-tokens", str(args.context_tokens)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     import httpx
@@ -122,6 +146,7 @@ async def one_request(client, url: str, key: str, question: str, max_tokens: int
     started = time.perf_counter()
     first = None
     done = abstained = False
+    server = {}
     error = None
     try:
         async with client.stream("POST", url + "/v1/chat/completions", json=payload,
@@ -144,23 +169,29 @@ async def one_request(client, url: str, key: str, question: str, max_tokens: int
                         first = time.perf_counter() - started
                     if "ragtune" in obj:
                         abstained = obj["ragtune"]["abstained"]
+                        server = obj["ragtune"]["timings_ms"]
                 if not done and error is None:
                     error = "stream ended without [DONE]"
     except Exception as exc:  # counted, never hidden
         error = f"{type(exc).__name__}: {exc}"
-    return {"ttft": first, "total": time.perf_counter() - started, "error": error, "abstained": abstained}
+    return {"ttft": first, "total": time.perf_counter() - started, "error": error, "abstained": abstained,
+            "retrieve": server.get("retrieve", 0) / 1000, "server_total": server.get("total", 0) / 1000}
 
 
 async def run_level(url: str, keys: list[str], clients: int, duration: float, questions: list[str],
-                    max_tokens: int) -> dict:
+                    max_tokens: int, ramp: float = 2.0) -> dict:
     import httpx
 
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     results: list[dict] = []
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as client:
         deadline = time.perf_counter() + duration
+        ramp = min(ramp, duration / 10)
 
         async def worker(i: int) -> None:
+            # clients arrive spread over a ramp instead of all in the same millisecond: synchronised clients
+            # would stay in lock-step (every answer takes as long) and measure a burst, not a load
+            await asyncio.sleep(ramp * i / clients)
             n = 0
             while time.perf_counter() < deadline:
                 q = questions[(i + n) % len(questions)]
@@ -178,6 +209,9 @@ async def run_level(url: str, keys: list[str], clients: int, duration: float, qu
         "requests_per_s": round(len(ok) / elapsed, 2),
         "ttft_ms": percentiles([r["ttft"] for r in ok if r["ttft"] is not None]),
         "total_ms": percentiles([r["total"] for r in ok]),
+        # inside the server: retrieval + evidence scoring before generation starts, and the whole answer
+        "server_retrieve_ms": percentiles([r["retrieve"] for r in ok]),
+        "server_answer_ms": percentiles([r["server_total"] for r in ok]),
     }
 
 
@@ -206,6 +240,10 @@ def main() -> None:
     ap.add_argument("--levels", default="1,2,3,4,6,8", help="real model: concurrent chats to try, in order")
     ap.add_argument("--target-s", type=float, default=5.0, help="real model: the p95 latency a level must meet")
     ap.add_argument("--max-tokens", type=int, default=160, help="answer length limit sent with each request")
+    ap.add_argument("--context-tokens", type=int, default=2048, help="the generator's window: prompt + answer "
+                    "(the prompt's sources dominate a small model's time on CPU)")
+    ap.add_argument("--ramp", type=float, default=2.0, help="seconds over which the clients' first requests are "
+                    "spread (0 = all at once: a burst, and clients then stay in lock-step)")
     ap.add_argument("--answer-mode", default=None, help="rag answer mode; stub default generate (the first text "
                     "is the stub's first sentence, so the stub's own delay is the baseline), else the setting's default")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -231,21 +269,26 @@ def main() -> None:
             asyncio.run(run_level(url, keys, 4 if stub else 1, 3.0, questions, args.max_tokens))  # warm-up
             results = []
             for clients in levels:
+                clock = home / "server-times.jsonl"
+                seen = len(clock.read_text().splitlines()) if clock.exists() else 0
                 cpu0 = cpu_seconds(proc.pid)
-                level = asyncio.run(run_level(url, keys, clients, args.duration, questions, args.max_tokens))
+                level = asyncio.run(run_level(url, keys, clients, args.duration, questions, args.max_tokens, args.ramp))
                 cpu = cpu_seconds(proc.pid) - cpu0
                 level["server_cpu_ms_per_request"] = round(cpu * 1000 / max(1, level["requests"]), 1)
                 level["machine_load_avg_1m"] = os.getloadavg()[0]
+                times = [json.loads(x) for x in clock.read_text().splitlines()[seen:]] if clock.exists() else []
+                level["server_side_ttft_ms"] = percentiles([t["ttft"] for t in times if t["ttft"] is not None])
+                level["server_side_total_ms"] = percentiles([t["total"] for t in times])
                 results.append(level)
                 print(json.dumps(level), file=sys.stderr, flush=True)
-                if not stub and level["total_ms"]["p95"] and level["ttft_ms"]["p95"] and \
-                        level["ttft_ms"]["p95"] > 3 * args.target_s * 1000:
+                if not stub and (level["total_ms"]["p95"] or 0) > 3 * args.target_s * 1000:
                     break  # far past the target: higher levels only take longer
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     out = {"benchmark": "serve-load", "model": args.model, "embedder": args.embedder, "answer_mode": args.answer_mode,
-           "duration_s": args.duration,
+           "duration_s": args.duration, "ramp_s": args.ramp, "max_tokens": args.max_tokens,
+           "context_tokens": args.context_tokens,
            "cpus": os.cpu_count(), "endpoint": "/v1/chat/completions (stream)", "levels": results}
     if stub:
         words = re.findall(r"\S+", re.split(r"(?<=[.!?])\s", STUB_TEXT)[0])

@@ -187,7 +187,9 @@ def test_uploads_are_indexed_and_deletable(client):
 # ----------------------------------------------------------------------------------------------- OpenAI API
 def test_openai_models_and_completion_with_citations(client):
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
-    assert ids == ["demo", "demo:base", "demo:rag"]
+    from ragtune.strategies import STRATEGIES
+
+    assert ids == ["demo", *(f"demo:{name}" for name in STRATEGIES)] and "demo:rag" in ids
     r = client.post("/v1/chat/completions", json={"model": "demo", "messages": [{"role": "user", "content": BATTERY_Q}]})
     data = r.json()
     assert data["object"] == "chat.completion" and "4.5 hours" in data["choices"][0]["message"]["content"]
@@ -347,6 +349,10 @@ def test_keys_random_hashed_revocable_and_admin_only(client, home):
     assert client.get("/api/bots/demo/keys", headers=bearer(a["key"])).status_code == 403
     assert client.post("/api/bots/demo/keys", json={}, headers=bearer(a["key"])).status_code == 403
     assert client.post("/api/bots/demo/sources", json={"uri": "/etc"}, headers=bearer(a["key"])).status_code == 403
+    assert client.patch("/api/bots/demo/settings", json={"model": "qwen-0.5b"}, headers=bearer(a["key"])
+                        ).status_code == 403
+    assert client.patch("/api/bots/demo/settings", json={"model": "", "handoff": "Call us."}, headers=bearer(a["key"])
+                        ).json()["handoff"] == "Call us."
     assert client.delete(f"/api/bots/demo/keys/{a['id']}").status_code == 200
     assert client.get("/api/bots/demo/sources", headers=bearer(a["key"])).status_code == 401
     assert client.get("/api/bots/demo/sources", headers=bearer(b["key"])).status_code == 200

@@ -132,7 +132,7 @@ def test_bot_b_never_sees_the_canary(world):
         return r
 
     assert [b["name"] for b in get("/api/bots").json()] == ["beta"]
-    assert [m["id"] for m in get("/v1/models").json()["data"]] == ["beta", "beta:base", "beta:rag"]
+    assert {m["id"].split(":")[0] for m in get("/v1/models").json()["data"]} == {"beta"}
     get("/api/bots/beta/sources")
     get("/api/bots/beta/search?q=launch+code+Orion+ZEBRA+7731+CANARY&k=50")
     for q in (QUESTION, f"Is {CANARY} the Orion launch code?", "launch code"):

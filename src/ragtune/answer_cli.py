@@ -14,7 +14,9 @@ from .types import Answer
 
 def _add_parsers(sub, bench, common) -> None:
     def answer_flags(p):
-        p.add_argument("--strategy", help="base | rag (default: the bot's strategy, else rag)")
+        p.add_argument("--strategy", choices=["base", "rag", "finetune", "hybrid"],
+                       help="base | rag | finetune | hybrid (default: the bot's strategy, else rag); finetune and "
+                       "hybrid use the bot's newest adapter (`ragtune finetune`)")
         p.add_argument("--model", help="generator: smollm2 | qwen-0.5b | echo | openai, or a path to a .gguf file")
         p.add_argument("--answer-mode", dest="answer_mode", help="rag answer composition: auto | generate | extract | quote")
 

@@ -297,7 +297,7 @@ def _load_extensions() -> None:
     """Import the command modules of later layers (each registers its sub-commands)."""
     import importlib
 
-    for name in ("ragtune.answer_cli", "ragtune.server_cli"):
+    for name in ("ragtune.answer_cli", "ragtune.server_cli", "ragtune.train_cli", "ragtune.compare_cli"):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -1,8 +1,10 @@
-"""`make demo`: index the sample help centre shipped in examples/ into a `demo` bot and answer a few questions
-with citations (one of them unanswerable, to show the honest "I don't know")."""
+"""`make demo`: index the sample help centre shipped in examples/ into a `demo` bot, answer a few questions
+with citations (one of them unanswerable, to show the honest "I don't know"), then serve the bot and print
+the chat page's URL (RAGTUNE_DEMO_SERVE=0 stops before serving)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -30,7 +32,27 @@ def main() -> int:
         if rc := cli_main(["ask", q, "--bot", "demo"]):
             return rc
     print("\nTry: ragtune chat --bot demo   (state lives in $RAGTUNE_HOME, default ~/.ragtune)")
-    return 0
+    if os.environ.get("RAGTUNE_DEMO_SERVE", "1") in ("0", "false", "no"):
+        return 0
+    port = _free_port(8000)
+    print(f"\n== ragtune serve --bot demo --port {port}")
+    print(f"open http://127.0.0.1:{port}/chat?bot=demo   (admin page: http://127.0.0.1:{port}/admin; Ctrl-C stops)",
+          flush=True)
+    return cli_main(["serve", "--bot", "demo", "--port", str(port)])
+
+
+def _free_port(first: int, tries: int = 20) -> int:
+    """The first port from `first` that nothing listens on (so a second demo does not collide with the first)."""
+    import socket
+
+    for port in range(first, first + tries):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    return first
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ def cmd_serve(args, settings: Settings) -> int:
     from .models.generators import open_generator
 
     open_generator(settings), open_embedder(settings)  # a missing model or bad setting: one line, before uvicorn
+    page = _chat_page(settings)
     print(f"loading models ({settings.generator}, {settings.embedder}) …", flush=True)
     app = create_app(settings)
     started = time.perf_counter()
@@ -109,7 +110,7 @@ def cmd_serve(args, settings: Settings) -> int:
     async def startup(sockets=None):
         await original_startup(sockets=sockets)
         if server.started:
-            print(f"ready in {time.perf_counter() - started:.1f}s — open {url}/chat?bot={settings.bot}\n"
+            print(f"ready in {time.perf_counter() - started:.1f}s — open {url}{page}\n"
                   f"  admin: {url}/admin   API docs: {url}/docs   OpenAI base URL: {url}/v1   (Ctrl-C stops)",
                   flush=True)
 
@@ -121,6 +122,20 @@ def cmd_serve(args, settings: Settings) -> int:
     if not server.started:
         raise RagtuneError(f"the server did not start on {url} (see the message above)")
     return 0
+
+
+def _chat_page(settings: Settings) -> str:
+    """The chat page of the bot asked for, else of the first bot (and a hint when there is none yet)."""
+    from urllib.parse import quote
+
+    from .store import open_store
+
+    with open_store(settings) as store:
+        names = [b.name for b in store.list_bots()]
+    if not names:
+        print("no bots yet: add documents with `ragtune ingest PATH --bot NAME` or on the admin page", flush=True)
+        return "/admin"
+    return f"/chat?bot={quote(settings.bot if settings.bot in names else names[0])}"
 
 
 def _check_port(host: str, port: int) -> None:

@@ -77,8 +77,14 @@ class Settings:
     rrf_k: int = _f(60, "reciprocal-rank-fusion constant")
     retrieval: str = _f("hybrid", "retrieval mode", ("hybrid", "bm25", "dense"))
     # answering
-    strategy: str = _f("rag", "answering strategy: base (generator alone) or rag (retrieval + citations)",
-                       ("base", "rag"))
+    strategy: str = _f("rag", "answering strategy: base (generator alone), rag (retrieval + citations), finetune "
+                       "(the bot's LoRA adapter, no retrieval) or hybrid (adapter + retrieval)",
+                       ("base", "rag", "finetune", "hybrid"))
+    adapter: str = _f("", "adapter id the finetune and hybrid strategies use (empty = the bot's newest; hybrid "
+                      "prefers the newest RAFT-trained one)")
+    adapter_runtime: str = _f("auto", "how an adapter is served: llama.cpp (its GGUF LoRA), transformers (peft, "
+                              "slower) or auto (llama.cpp when the adapter has a GGUF conversion)",
+                              ("auto", "llama.cpp", "transformers"))
     answer_mode: str = _f(
         "quote",
         "how a rag answer is composed: quote (the best evidence passage, streamed at once, then the model's "
@@ -89,7 +95,7 @@ class Settings:
     min_support: float = _f(0.55, "abstain when the best evidence passage scores below this (similarity to the "
                             "question blended with the share of its rare terms, 0..1)")
     conflict_margin: float = _f(0.05, "passages scoring within this of the best are checked for disagreeing facts")
-    answer_type_bonus: float = _f(0.05, "evidence bonus for a passage holding the kind of value asked for "
+    answer_type_bonus: float = _f(0.1, "evidence bonus for a passage holding the kind of value asked for "
                                   "(a duration for 'how long', a price for 'how much', ...)")
     evidence_window: int = _f(2, "most consecutive sentences quoted as one evidence passage")
     evidence_semantic_weight: float = _f(0.7, "weight of embedding similarity (vs rare-term overlap) in evidence scores")

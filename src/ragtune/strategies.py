@@ -336,7 +336,7 @@ def _complete_sentences(buffer: str) -> tuple[list[str], str]:
     return [p.strip() for p in parts[:-1] if p.strip()], parts[-1]
 
 
-STRATEGIES = ("base", "rag")
+STRATEGIES = ("base", "rag", "finetune", "hybrid")
 
 
 def open_strategy(name: str, store: Store, bot: Bot, settings: Settings, embedder: Embedder | None,
@@ -346,4 +346,8 @@ def open_strategy(name: str, store: Store, bot: Bot, settings: Settings, embedde
         return BaseStrategy(generator, settings, profile)
     if name == "rag":
         return RagStrategy(store, bot, settings, embedder, generator, profile)
+    if name in ("finetune", "hybrid"):  # the bot's LoRA adapter (ragtune.train): no adapter → NotFoundError
+        from .train.strategies import open_adapter_strategy
+
+        return open_adapter_strategy(name, store, bot, settings, embedder, generator)
     raise ConfigError(f"unknown strategy {name!r}; valid values: {', '.join(STRATEGIES)}")

@@ -138,6 +138,9 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder:
 
     app.include_router(rest_router)
     app.include_router(openai_router)
+    from .compare_api import router as compare_router  # the latest comparison and recommendation (admin page)
+
+    app.include_router(compare_router)
     _pages(app)
 
     @app.get("/healthz", tags=["server"], summary="200 once the models are loaded")

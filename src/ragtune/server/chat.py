@@ -16,7 +16,6 @@ from ..types import Answer
 
 MAX_HISTORY = 12  # messages of earlier conversation an answer may see
 MAX_MESSAGE_CHARS = 4000  # each history message is cut to this
-CHANNELS = ("chat", "widget", "api")
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@ readers never see a document half-written), with progress (documents processed, 
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +89,7 @@ class SyncJobs:
             job.error, job.state = str(exc), "failed"
         except Exception as exc:  # a bug must still end the job visibly, not leave it "running"
             job.error, job.state = f"{type(exc).__name__}: {exc}", "failed"
-            traceback.print_exc()
+            logging.getLogger(__name__).exception("sync job %s of bot %r failed", job.id, job.bot)
         finally:
             job.current = ""
             job.finished_at = time.time()

@@ -104,6 +104,8 @@ def update_settings(bot: str, body: BotSettings, s=Depends(services), who=Depend
 
     b = s.bot(who, bot)
     changes = body.model_dump(exclude_none=True)
+    if "model" in changes and changes["model"] != (b.settings.get("model") or ""):
+        require_admin(who, "change a bot's model (it loads on the server)")
     if changes.get("model") and changes["model"] not in GENERATORS:
         raise ConfigError(f"unknown model {changes['model']!r}; valid values: {', '.join(GENERATORS)}")
     if changes.get("strategy") and changes["strategy"] not in STRATEGIES:

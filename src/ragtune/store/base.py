@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -82,6 +83,11 @@ class Store(ABC):
 
     @abstractmethod
     def mark_synced(self, source: Source, when: float) -> None: ...
+
+    @abstractmethod
+    def move_source(self, bot: Bot, source_id: int, uri: str) -> Source:
+        """Point a folder or file source at a new location (the folder moved): its documents' paths move with it,
+        so the next sync compares content hashes instead of adding every document again."""
 
     @abstractmethod
     def remove_source(self, bot: Bot, source_id: int) -> None:
@@ -169,6 +175,36 @@ class Store(ABC):
     @abstractmethod
     def set_feedback(self, bot: Bot, message_id: int, rating: int, comment: str = "") -> None:
         """Thumbs up (1) or down (-1) with a comment on one of the bot's answers (replaces earlier feedback)."""
+
+    # evaluation runs (`ragtune compare`) ---------------------------------------
+    @abstractmethod
+    def create_run(self, bot: Bot, kind: str, config: dict[str, Any], lineage: dict[str, Any]) -> str:
+        """Record a new run with status "running", owned by this process (pid, host); return its id."""
+
+    @abstractmethod
+    def update_run(self, bot: Bot, run_id: str, *, status: str | None = None, result: dict[str, Any] | None = None,
+                   lineage: dict[str, Any] | None = None, chunk_ids: Sequence[str] | None = None,
+                   error: str | None = None) -> None:
+        """Save a run's progress or outcome (given fields only); a status other than "running" also sets its
+        finish time. NotFoundError for a foreign or unknown id."""
+
+    @abstractmethod
+    def get_run(self, bot: Bot, run_id: str) -> dict[str, Any]:
+        """{id, bot, kind, status, started_at, finished_at, pid, host, lineage, config, result, error};
+        NotFoundError for a foreign or unknown id."""
+
+    @abstractmethod
+    def list_runs(self, bot: Bot, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The bot's runs, newest first, each as get_run returns it."""
+
+    @abstractmethod
+    def index_bytes(self, bot: Bot) -> int:
+        """Disk the bot's index takes: chunk text, vectors and its share of the lexical index."""
+
+    @abstractmethod
+    def copy_bot(self, bot: Bot, home: str | Path) -> None:
+        """Write a standalone store under `home` (as open_store would open it) holding this bot alone: its
+        settings, sources, documents, chunks, vectors and lexical index. The original is not touched."""
 
     # lifecycle ------------------------------------------------------------
     @abstractmethod

@@ -4,8 +4,10 @@ exact in-memory vector search over a per-bot matrix that is rebuilt only when th
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -18,7 +20,7 @@ from ..errors import NotFoundError, RagtuneError
 from ..types import Chunk, Hit, LoadedDocument
 from .base import ApiKey, Bot, DocumentState, Source, Store
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Numbered migrations: index i brings the schema from version i to i+1.
 MIGRATIONS = [
@@ -120,6 +122,28 @@ MIGRATIONS = [
         comment TEXT NOT NULL DEFAULT '',
         created_at REAL NOT NULL
     );
+    """,
+    # 3: evaluation runs (`ragtune compare`): status (running until it completes, so an interrupted run is never
+    # reported as complete), the process that runs it, lineage, config and results (metrics, per-question
+    # answers). `chunk_ids` lists the chunks its answers cite or retrieved, so erasing a document erases the runs
+    # that quote it.
+    """
+    CREATE TABLE eval_runs (
+        id TEXT PRIMARY KEY,
+        bot_id INTEGER NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        pid INTEGER NOT NULL DEFAULT 0,
+        host TEXT NOT NULL DEFAULT '',
+        lineage TEXT NOT NULL DEFAULT '{}',
+        config TEXT NOT NULL DEFAULT '{}',
+        result TEXT NOT NULL DEFAULT '{}',
+        error TEXT NOT NULL DEFAULT '',
+        chunk_ids TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX eval_runs_bot ON eval_runs(bot_id, started_at);
     """,
 ]
 
@@ -235,6 +259,25 @@ class SQLiteStore(Store):
     def mark_synced(self, source: Source, when: float) -> None:
         with self._tx():
             self.db.execute("UPDATE sources SET synced_at = ? WHERE id = ?", (when, source.id))
+
+    def move_source(self, bot: Bot, source_id: int, uri: str) -> Source:
+        with self._tx():
+            row = self.db.execute("SELECT * FROM sources WHERE id = ? AND bot_id = ?", (source_id, bot.id)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no source {source_id} in bot {bot.name!r}")
+            old = row["uri"]
+            if row["kind"] == "url":
+                raise RagtuneError("a website source cannot be moved; add the new site as a source")
+            self.db.execute("UPDATE sources SET uri = ? WHERE id = ?", (uri, source_id))
+            if row["kind"] == "file":
+                self.db.execute("UPDATE documents SET path = ? WHERE source_id = ? AND path = ?", (uri, source_id, old))
+            else:
+                prefix = old.rstrip("/") + "/"
+                self.db.execute("UPDATE documents SET path = ? || substr(path, ?) WHERE source_id = ? "
+                                "AND substr(path, 1, ?) = ?",
+                                (uri.rstrip("/") + "/", len(prefix) + 1, source_id, len(prefix), prefix))
+            self._bump(bot.id)
+        return self._source(self.db.execute("SELECT * FROM sources WHERE id = ?", (source_id,)).fetchone())
 
     def remove_source(self, bot: Bot, source_id: int) -> None:
         with self._tx():
@@ -566,6 +609,94 @@ class SQLiteStore(Store):
             heading = tuple(h for h in r["heading"].split(" > ") if h)
             hits.append(Hit(cid, score, r["text"], heading, r["path"], r["title"], r["document_id"]))
         return hits
+
+    # ------------------------------------------------------------------ evaluation runs
+    def create_run(self, bot: Bot, kind: str, config: dict[str, Any], lineage: dict[str, Any]) -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO eval_runs(id, bot_id, kind, status, started_at, pid, host, lineage, config) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                (run_id, bot.id, kind, "running", time.time(), os.getpid(), socket.gethostname(),
+                 json.dumps(lineage), json.dumps(config)))
+        return run_id
+
+    def update_run(self, bot: Bot, run_id: str, *, status: str | None = None, result: dict[str, Any] | None = None,
+                   lineage: dict[str, Any] | None = None, chunk_ids: Sequence[str] | None = None,
+                   error: str | None = None) -> None:
+        sets, values = [], []
+        if lineage is not None:
+            sets.append("lineage = ?")
+            values.append(json.dumps(lineage))
+        if status is not None:
+            sets += ["status = ?", "finished_at = ?"]
+            values += [status, None if status == "running" else time.time()]
+        if result is not None:
+            sets.append("result = ?")
+            values.append(json.dumps(result))
+        if chunk_ids is not None:
+            sets.append("chunk_ids = ?")
+            values.append(" ".join(sorted(set(chunk_ids))))
+        if error is not None:
+            sets.append("error = ?")
+            values.append(error)
+        if not sets:
+            return
+        with self._tx():
+            cur = self.db.execute(f"UPDATE eval_runs SET {', '.join(sets)} WHERE id = ? AND bot_id = ?",
+                                  (*values, run_id, bot.id))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}")
+
+    def _run_row(self, row: sqlite3.Row, bot: Bot) -> dict[str, Any]:
+        return {"id": row["id"], "bot": bot.name, "kind": row["kind"], "status": row["status"],
+                "started_at": row["started_at"], "finished_at": row["finished_at"], "pid": row["pid"],
+                "host": row["host"], "lineage": json.loads(row["lineage"]), "config": json.loads(row["config"]),
+                "result": json.loads(row["result"]), "error": row["error"]}
+
+    def get_run(self, bot: Bot, run_id: str) -> dict[str, Any]:
+        row = self.db.execute("SELECT * FROM eval_runs WHERE id = ? AND bot_id = ?", (run_id, bot.id)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}; list runs with `ragtune runs --bot {bot.name}`")
+        return self._run_row(row, bot)
+
+    def list_runs(self, bot: Bot, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT * FROM eval_runs WHERE bot_id = ? AND (? IS NULL OR kind = ?) ORDER BY started_at DESC, id DESC "
+            "LIMIT ?", (bot.id, kind, kind, limit))
+        return [self._run_row(r, bot) for r in rows]
+
+    def index_bytes(self, bot: Bot) -> int:
+        text, chunks = self.db.execute("SELECT coalesce(sum(length(CAST(text AS BLOB)) + length(CAST(heading AS "
+                                       "BLOB))), 0), count(*) FROM chunks WHERE bot_id = ?", (bot.id,)).fetchone()
+        vectors = self.db.execute("SELECT coalesce(sum(length(vector)), 0) FROM vectors WHERE bot_id = ?",
+                                  (bot.id,)).fetchone()[0]
+        all_chunks = self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        try:  # the lexical index is shared by all bots: this bot's share of its pages
+            fts = self.db.execute("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name LIKE 'chunks_fts%'"
+                                  ).fetchone()[0]
+            fts = fts * chunks / all_chunks if all_chunks else 0
+        except sqlite3.Error:  # SQLite built without dbstat: the FTS index is about the size of its text
+            fts = text
+        return int(text + vectors + fts)
+
+    def copy_bot(self, bot: Bot, home: str | Path) -> None:
+        target_dir = Path(home)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = sqlite3.connect(target_dir / "ragtune.db", isolation_level=None)
+        try:
+            with self._lock:
+                self.db.backup(target)  # a consistent snapshot, even while other processes write
+            target.execute("PRAGMA foreign_keys=ON")
+            target.execute("BEGIN")
+            # what the copy must not carry: other bots, and this bot's keys, conversations and runs
+            target.execute("DELETE FROM bots WHERE id != ?", (bot.id,))
+            for table in ("api_keys", "conversations", "eval_runs"):
+                target.execute(f"DELETE FROM {table}")
+            target.execute("COMMIT")
+            target.execute("PRAGMA journal_mode=WAL")
+        finally:
+            target.close()
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,64 @@
+"""Answer quality side by side: strategies × models × question sets, on the held-out `test` split.
+Each set is indexed once into its own temporary bot; prints one JSON object per configuration as it finishes
+(JSON lines), then a summary table.
+
+    .venv/bin/python benchmarks/answers_matrix.py [--split test] [--configs rag:smollm2,base:smollm2,rag:qwen-0.5b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SETS = {
+    "helpcenter-v1": (REPO / "examples/helpcenter/v1", REPO / "examples/helpcenter/questions-v1.jsonl"),
+    "helpcenter-v2": (REPO / "examples/helpcenter/v2", REPO / "examples/helpcenter/questions-v2.jsonl"),
+    "poetry-2.4.1": (REPO.parent / "shared/datasets/poetry-docs/2.4.1/docs", REPO / "benchmarks/questions/poetry-2.4.1.jsonl"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--configs", default="rag-extract:smollm2,rag:smollm2,base:smollm2,rag:qwen-0.5b")
+    ap.add_argument("--sets", default=",".join(SETS))
+    args = ap.parse_args()
+    summary = []
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "RAGTUNE_HOME": home, "RAGTUNE_NO_PROGRESS": "1"}
+        for name in args.sets.split(","):
+            docs, _ = SETS[name]
+            subprocess.run([sys.executable, "-m", "ragtune", "ingest", str(docs), "--bot", name, "--json"],
+                           env=env, check=True, capture_output=True)
+        for config in args.configs.split(","):
+            strategy, model = config.split(":")
+            mode = []
+            if strategy.startswith("rag-"):
+                strategy, m = strategy.split("-", 1)
+                mode = ["--answer-mode", m]
+            for name in args.sets.split(","):
+                _, questions = SETS[name]
+                proc = subprocess.run(
+                    [sys.executable, "-m", "ragtune", "bench", "answers", "--questions", str(questions), "--bot", name,
+                     "--split", args.split, "--strategy", strategy, "--model", model, *mode, "--json"],
+                    env=env, capture_output=True, text=True)
+                if proc.returncode:
+                    row = {"config": config, "set": name, "error": proc.stderr.strip()}
+                else:
+                    r = json.loads(proc.stdout)
+                    row = {"config": config, "set": name, **{k: v for k, v in r.items() if k != "per_question"}}
+                summary.append(row)
+                print(json.dumps(row), flush=True)
+    print(json.dumps({"summary": [{k: r.get(k) for k in ("config", "set", "answer_accuracy", "abstention_accuracy",
+                                                          "latency_ms_p50", "latency_ms_p95", "first_token_ms_p50",
+                                                          "error")} for r in summary]}))
+
+
+if __name__ == "__main__":
+    main()
