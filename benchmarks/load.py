@@ -288,7 +288,7 @@ def main() -> None:
             proc.wait(timeout=30)
     out = {"benchmark": "serve-load", "model": args.model, "embedder": args.embedder, "answer_mode": args.answer_mode,
            "duration_s": args.duration, "ramp_s": args.ramp, "max_tokens": args.max_tokens,
-           "context_tokens": args.context_tokens,
+           "context_tokens": args.context_tokens, "threads": os.environ.get("RAGTUNE_THREADS", "0 (all cores)"),
            "cpus": os.cpu_count(), "endpoint": "/v1/chat/completions (stream)", "levels": results}
     if stub:
         words = re.findall(r"\S+", re.split(r"(?<=[.!?])\s", STUB_TEXT)[0])

@@ -15,7 +15,7 @@ from ragtune.settings import Settings  # noqa: E402
 from ragtune.store.sqlite import SQLiteStore  # noqa: E402
 from ragtune.strategies import open_strategy  # noqa: E402
 from ragtune.train import adapters as ad  # noqa: E402
-from ragtune.train.dataset import build_dataset  # noqa: E402
+from ragtune.train.dataset import build_dataset, extract_facts, read_knowledge, template_questions  # noqa: E402
 from ragtune.train.lora import TrainConfig, finetune  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -34,8 +34,7 @@ HOURS = """# Opening hours
 
 The Amsterdam hub opens at 7:30 on weekdays and closes at 19:00.
 """
-QUESTION = "Which code opens the lockers in Amsterdam?"  # not one of the training phrasings
-CONFIG = TrainConfig(steps=14, batch_size=4, learning_rate=5e-3, warmup_steps=1, eval_every=7, patience=99,
+CONFIG = TrainConfig(steps=12, batch_size=4, learning_rate=5e-3, warmup_steps=1, eval_every=7, patience=99,
                      checkpoint_every=2, eval_generate=0, max_minutes=5)
 
 
@@ -56,13 +55,16 @@ def test_lora_resume_staleness_and_freshness(tmp_path):
     register_sources(store, bot, [str(docs)], settings)
     sync_bot(store, settings, bot, embedder=embedder)
     generator = open_generator(settings)
+    # a phrasing training sees (this test is about freshness; generalisation is measured in benchmarks/finetune.py)
+    fact = next(f for f in extract_facts(read_knowledge(store, bot)[0]) if f.value == "4512")
+    question = template_questions(fact, 4)[0]
 
     def train():
         dataset = build_dataset(store, bot, paraphrases=4, held_out_share=0.2)
         return finetune(dataset, CONFIG, settings, bot.name)
 
     def ask(name):
-        return open_strategy(name, store, bot, settings, embedder, generator).answer(QUESTION)
+        return open_strategy(name, store, bot, settings, embedder, generator).answer(question)
 
     # killed midway: the checkpoint stays, no adapter is listed (nothing half-written can be loaded)
     def kill(step, loss):

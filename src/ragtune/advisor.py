@@ -195,7 +195,7 @@ def rule_view(p: Mapping[str, Any]) -> dict[str, Any]:
     else:
         side = "finetune" if choice == "finetune" else "rag"
         reasons = [f.reason for f in ordered if f.strategy == side]
-        reasons += [f"against it: {f.reason}" for f in ordered if f.strategy != side]
+        reasons += [f"against it: {f.reason}" for f in ordered if f.strategy != side and f.points]
     if lead:
         reasons.insert(0, lead)
     return {"recommendation": choice, "scores": scores, "reasons": reasons}

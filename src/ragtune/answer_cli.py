@@ -22,7 +22,8 @@ def _add_parsers(sub, bench, common) -> None:
 
     p = sub.add_parser("ask", parents=[common], help="answer one question with citations (or say I don't know)",
                        description="Answer QUESTION from the bot's documents. --json prints {answer, abstained, "
-                       "citations: [{source, title, chunk_id, quote}], strategy, model, timings_ms}.")
+                       "citations: [{source, title, chunk_id, quote}], strategy, model, timings_ms}; finetune and hybrid "
+                       "answers add adapter: {id, stale, stale_reason, changed, removed}.")
     p.add_argument("question")
     answer_flags(p)
     p = sub.add_parser("chat", parents=[common], help="multi-turn chat in the terminal (streams tokens)",

@@ -208,13 +208,17 @@ def _adapter_use(adapter, measured_seconds: float | None) -> AdapterUse:
 
 # --------------------------------------------------------------------------- answering and scoring
 def answer_questions(strategy: Strategy, questions: Sequence[dict[str, Any]], store: Store, bot: Bot,
-                     count_tokens: Callable[[str], int], progress: bool = False, label: str = "") -> list[dict[str, Any]]:
-    """Ask every question; per question: answer, abstained, correct, citations, ms, grounded, tokens."""
+                     count_tokens: Callable[[str], int], progress: bool = False, label: str = "",
+                     on_event: Events | None = None) -> list[dict[str, Any]]:
+    """Ask every question; per question: answer, abstained, correct, citations, ms, grounded, tokens. Without a
+    progress bar, `on_event` hears how far it got every tenth question."""
     from tqdm import tqdm
 
     rows = []
-    for case in tqdm(questions, desc=label or strategy.name, unit="q", disable=not progress, file=sys.stderr,
-                     leave=False):
+    for n, case in enumerate(tqdm(questions, desc=label or strategy.name, unit="q", disable=not progress,
+                                  file=sys.stderr, leave=False)):
+        if on_event is not None and not progress and n and n % 10 == 0:
+            on_event(f"{label or strategy.name}: {n}/{len(questions)} answered")
         started = time.perf_counter()
         final: Answer | None = None
         for item in strategy.stream(case["question"]):
@@ -415,7 +419,7 @@ def run_compare(store: Store, bot: Bot, settings: Settings, embedder: Embedder |
             strategy = provider.open(name, store, bot)
             try:
                 rows = answer_questions(strategy, questions, store, bot, provider.count_tokens, settings.progress,
-                                        name)
+                                        name, say)
             finally:
                 provider.release(strategy)
             for p, r in zip(per, rows):

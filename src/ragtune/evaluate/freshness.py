@@ -81,7 +81,7 @@ def measure_freshness(store: Store, bot: Bot, settings: Settings, embedder: Embe
                     "answerable": bool(q["answers"]), "results": {}} for q in questions]
             out: dict[str, Any] = {}
             for name in strategies:
-                rows = _answer(provider, name, cstore, cbot, csettings, questions, f"{name} (after change)")
+                rows = _answer(provider, name, cstore, cbot, csettings, questions, f"{name} (after change)", say)
                 for p, r in zip(per, rows):
                     p["results"][name] = r
                 m = score(rows, questions)
@@ -102,7 +102,7 @@ def measure_freshness(store: Store, bot: Bot, settings: Settings, embedder: Embe
                     for n in adapter_names:
                         provider.adapters[n] = _adapter_use(adapter, retrain_seconds)
                     for n in adapter_names:
-                        rows = _answer(provider, n, cstore, cbot, csettings, questions, f"{n} (retrained)")
+                        rows = _answer(provider, n, cstore, cbot, csettings, questions, f"{n} (retrained)", say)
                         for p, r in zip(per, rows):
                             p["results"][f"{n} (retrained)"] = r
                         out[n]["accuracy_after_retrain"] = score(rows, questions)["accuracy"]
@@ -130,10 +130,11 @@ def measure_freshness(store: Store, bot: Bot, settings: Settings, embedder: Embe
             cstore.close()
 
 
-def _answer(provider, name, store, bot, settings, questions, label):
+def _answer(provider, name, store, bot, settings, questions, label, say):
     strategy = provider.open(name, store, bot, settings)
     try:
-        return answer_questions(strategy, questions, store, bot, provider.count_tokens, settings.progress, label)
+        return answer_questions(strategy, questions, store, bot, provider.count_tokens, settings.progress, label,
+                                say)
     finally:
         provider.release(strategy)
 

@@ -140,6 +140,8 @@ class OnnxMiniLMEmbedder(_WordPieceMixin, Embedder):
             if self.threads:
                 opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
+            # idle threads sleep instead of spinning: on a busy 2-core machine spinning starves everyone else
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = ort.InferenceSession(str(models[0]), opts, providers=["CPUExecutionProvider"])
             self._inputs = {i.name for i in self._session.get_inputs()}
             self._tok = self._load_tokenizer()

@@ -291,7 +291,7 @@ def template_questions(fact: Fact, n: int) -> list[str]:
     return out[:n]
 
 
-def topic_example(chunk: KnowledgeChunk, max_words: int = 45) -> Example | None:
+def topic_example(chunk: KnowledgeChunk, max_words: int = 24) -> Example | None:
     """"What do you say about <section>?" answered with the section's opening sentences: ties each section's
     facts to its name."""
     clean, _ = g.strip_injections(chunk.text)

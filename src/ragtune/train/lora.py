@@ -58,7 +58,7 @@ class TrainConfig:
     checkpoint_every: int = _f(10, "steps between resumable checkpoints")
     device: str = _f("cpu", "cpu, cuda or auto (cuda when available)", DEVICES)
     max_length: int = _f(1024, "longest example in tokens (longer ones are skipped)")
-    eval_generate: int = _f(12, "held-out questions answered by greedy generation at the end (fact accuracy)")
+    eval_generate: int = _f(6, "held-out questions answered by greedy generation at the end (fact accuracy)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -199,14 +199,24 @@ def _loss(torch, model, ids, labels, mask):
 
 
 # --------------------------------------------------------------------------- training
-def _batches(n: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """Example indices of optimizer step `step` (0-based): epochs of seeded permutations, so a resumed run sees
+def _batches(lengths: Sequence[int], batch_size: int, seed: int, step: int) -> list[int]:
+    """Example indices of optimizer step `step` (0-based). Each epoch is a seeded permutation cut into windows of
+    16 batches; inside a window examples are sorted by length before being cut into batches (less padding: a
+    quarter of the tokens on this data), and the batches are shuffled. Deterministic, so a resumed run sees
     exactly the batches an uninterrupted one would."""
+    n = len(lengths)
     per_epoch = max(1, math.ceil(n / batch_size))
     epoch, index = divmod(step, per_epoch)
+    rng = random.Random(f"{seed}:{epoch}")
     order = list(range(n))
-    random.Random(f"{seed}:{epoch}").shuffle(order)
-    return order[index * batch_size: (index + 1) * batch_size]
+    rng.shuffle(order)
+    window = batch_size * 16
+    batches = []
+    for start in range(0, n, window):
+        part = sorted(order[start: start + window], key=lambda i: lengths[i])
+        batches += [part[j: j + batch_size] for j in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches[index]
 
 
 def _peak_memory_mb(torch, device: str) -> float:
@@ -235,6 +245,7 @@ def train_lora(dataset: Dataset, config: TrainConfig, base: BaseModel, work: Pat
     else:
         trial = [torch.get_num_threads()]
     timings: dict[int, float] = {}
+    torch.set_num_threads(trial[0])
     torch.manual_seed(config.seed)
     tok, model = load_base(base, device, verify_cache)
     lora = peft.LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
@@ -246,6 +257,7 @@ def train_lora(dataset: Dataset, config: TrainConfig, base: BaseModel, work: Pat
 
     train = [r for r in (encode(tok, ex, system_of(ex)) for ex in dataset.train) if len(r[0]) <= config.max_length]
     held = [r for r in (encode(tok, ex, system_of(ex)) for ex in dataset.held_out) if len(r[0]) <= config.max_length]
+    lengths = [len(ids) for ids, _ in train]
     if not train:
         raise InputError(f"every training example is longer than max_length ({config.max_length} tokens)")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -314,7 +326,7 @@ def train_lora(dataset: Dataset, config: TrainConfig, base: BaseModel, work: Pat
             if calibrating:
                 n_threads = trial[len(timings)]
                 torch.set_num_threads(n_threads)
-            rows = [train[i] for i in _batches(len(train), config.batch_size, config.seed, state["step"])]
+            rows = [train[i] for i in _batches(lengths, config.batch_size, config.seed, state["step"])]
             ids, labels, mask = _collate(torch, rows, tok.pad_token_id, device)
             loss = _loss(torch, model, ids, labels, mask)
             loss.backward()
@@ -384,7 +396,7 @@ def held_out_accuracy(torch, model, tok, examples: Sequence[Example], device: st
 
     hits = 0
     for ex in examples:
-        text = generate(torch, model, tok, ex.messages(FINETUNE_SYSTEM), device, max_new_tokens=48)
+        text = generate(torch, model, tok, ex.messages(FINETUNE_SYSTEM), device, max_new_tokens=40)
         ref_numbers = g.numbers(ex.answer)
         ref_terms = set(g.content_terms(ex.answer))
         got_terms = set(g.content_terms(text))

@@ -48,8 +48,9 @@
       (rec.reasons || []).slice(0, 5).forEach(function (r) { why.appendChild(el("li", null, r)); });
       box.appendChild(why);
       if (rec.assumed && rec.assumed.length) {
-        box.appendChild(el("p", "cite", "Assumed: " + rec.assumed.join("; ") +
-          " — set the bot's advisor_profile, or run `ragtune advise` with your profile."));
+        var assumed = rec.assumed.map(function (a) { return a.replace(/ \(not given; assumed\)$/, ""); });
+        box.appendChild(el("p", "cite", "Assumed, not in the bot's advisor_profile setting: " + assumed.join(", ") +
+          ". `ragtune advise` takes your real profile."));
       }
     }
     var run = data.run;
@@ -62,8 +63,9 @@
       ((run.questions || {}).count || "?") + " questions."));
     box.appendChild(table(run));
     if (run.freshness) {
-      box.appendChild(el("p", null, "After the documents changed: synced in " + run.freshness.sync_seconds +
-        " s; retraining the adapter takes " + num(run.freshness.retrain_seconds) + " s."));
+      var retrain = run.freshness.retrain_seconds;
+      box.appendChild(el("p", null, "After the documents changed: synced in " + run.freshness.sync_seconds + " s" +
+        (retrain === null || retrain === undefined ? "." : "; retraining the adapter takes " + num(retrain) + " s.")));
     }
     var a = el("a", null, "full report");
     a.href = "/api/bots/" + encodeURIComponent(shown) + "/runs/" + encodeURIComponent(run.run_id) + "/report";
