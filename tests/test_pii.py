@@ -129,13 +129,23 @@ def test_no_raw_value_reaches_the_store_or_the_output(tmp_path, values):
     for entity, items in values.items():
         lines = [f"# {entity.title()} notes", ""] + [TEMPLATES[entity].format(v) for v in items]
         (kb / f"{entity.lower()}.md").write_text("\n\n".join(lines) + "\n")
+    import shutil
+
+    from conftest import EXAMPLES
+
+    for doc in sorted((EXAMPLES / "helpcenter" / "v1").glob("*.md"))[:6]:  # ordinary facts to train on
+        shutil.copy(doc, kb / doc.name)
     home = tmp_path / "home"
     home.mkdir()
     proc = run_cli(home, "ingest", str(kb), "--redact-pii", "--json")
     report = json.loads(proc.stdout)
-    assert report["added"] == len(values) and report["failed"] == []
+    assert report["added"] == len(values) + 6 and report["failed"] == []
     again = json.loads(run_cli(home, "sync", "--json").stdout)  # the bot remembers the setting
-    assert again["unchanged"] == len(values) and again["updated"] == 0
+    assert again["unchanged"] == len(values) + 6 and again["updated"] == 0
+    # training data is built from the stored (redacted) chunks: export it and check it too
+    export = home / "training-export.jsonl"
+    run_cli(home, "finetune", "--dry-run", "--export", str(export), "--json")
+    assert export.is_file() and export.stat().st_size > 0
     leaked = []
     for path in home.rglob("*"):
         if path.is_file():
