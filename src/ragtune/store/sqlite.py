@@ -597,7 +597,7 @@ class SQLiteStore(Store):
         ids = [cid for cid, _ in scored]
         rows = self.db.execute(
             "SELECT c.id, c.text, c.heading, c.document_id, d.path, d.title FROM chunks c "
-            f"JOIN documents d ON d.id = c.document_id WHERE c.bot_id = ? AND c.id IN ({','.join('?' * len(ids))})",
+            f"JOIN documents d ON d.id = c.document_id WHERE +c.bot_id = ? AND c.id IN ({','.join('?' * len(ids))})",
             [bot.id, *ids],
         ).fetchall()
         by_id = {r["id"]: r for r in rows}
