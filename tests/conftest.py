@@ -56,3 +56,20 @@ def run_cli(home: Path, *args: str, check: bool = True, **env: str) -> subproces
 
 def run_json(home: Path, *args: str, **env: str):
     return json.loads(run_cli(home, *args, "--json", **env).stdout)
+
+
+def fake_adapter(home: Path, bot_name: str, documents, tmp_path: Path, name: str = "a1", created: float = 1.0,
+                 raft: bool = False):
+    """An adapter folder as `finetune` commits it, learned from `documents` (objects with id, path and
+    content_hash), without weights: the echo generator does not need them and nothing is trained."""
+    from ragtune.models.generators import SMOLLM2_NAME
+    from ragtune.train import adapters as ad
+
+    staged = tmp_path / f"staged-{name}"
+    (staged / ad.PEFT_DIR).mkdir(parents=True)
+    (staged / ad.DATA_FILE).write_text('{"question": "q", "answer": "a"}\n')
+    manifest = {"created_at": created, "base_model": {"name": SMOLLM2_NAME, "sha256": "x"},
+                "training": {"raft": raft, "steps_run": 3}, "data": {"train": 1},
+                "documents": [{"id": d.id, "path": d.path, "content_hash": d.content_hash} for d in documents],
+                "metrics": {"held_out_loss": 1.0}, "files": {"peft": ad.PEFT_DIR, "gguf": None, "size_bytes": 1}}
+    return ad.commit_adapter(staged, home, bot_name, name, manifest)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, run_json
-from ragtune.erasure import forget, mark_adapters_stale
+from conftest import fake_adapter, run_cli, run_json
+from ragtune.erasure import forget
 from ragtune.errors import NotFoundError
 from ragtune.ingest.sync import register_sources, sync_bot
 from ragtune.store.sqlite import SQLiteStore
+from ragtune.train import adapters as ad
 
 CANARY = "qqzcanary7f3a9c"  # one token, as the full-text index stores it (porter leaves it whole)
 NEEDLE = CANARY[3:]  # FTS5 prefix-compresses terms: look for the part no other term shares
@@ -116,30 +117,50 @@ def test_forget_a_whole_source_and_unknown_subjects(tmp_path, home):
     assert proc.returncode == 3 and proc.stderr.count("\n") == 1 and "nothing to forget" in proc.stderr
 
 
-def test_forget_a_folder_inside_a_source_and_the_adapter_hook(tmp_path, settings):
-    class AdapterAwareStore(SQLiteStore):
-        """A store of a later layer that tracks adapters: the erasure hook reaches it."""
-
-        marked: list[int] = []
-
-        def mark_adapters_stale(self, bot, document_ids):
-            self.marked = list(document_ids)
-            return 2
-
+def test_forget_a_folder_inside_a_source_marks_the_adapters_that_learned_it_stale(tmp_path, settings, store):
     kb = tmp_path / "kb"
     make_kb(kb)
-    store = AdapterAwareStore(settings.home_path / "ragtune.db")
+    bot = store.ensure_bot("default")
+    register_sources(store, bot, [str(kb)], settings)
+    sync_bot(store, settings, bot)
+    docs = [d for source in store.list_sources(bot) for d in store.document_states(bot, source).values()]
+    learned_it = fake_adapter(settings.home_path, bot.name, docs, tmp_path, "learned-it")
+    not_it = fake_adapter(settings.home_path, bot.name, [d for d in docs if "/sub/" not in d.path], tmp_path, "not-it")
+
+    report = forget(store, bot, str(kb / "sub"))
+    assert (report.scope, report.documents, report.adapters_marked_stale) == ("documents", 1, 1)
+    assert report.stale_adapters == ("learned-it",) and report.to_json()["stale_adapters"] == ["learned-it"]
+    assert not (learned_it.path / ad.DATA_FILE).exists() and (not_it.path / ad.DATA_FILE).exists()
+    rows = {r["id"]: r for r in ad.describe_all(store, bot, settings.home_path)}
+    assert rows["learned-it"]["stale"] and "erased" in rows["learned-it"]["stale_reason"]
+    assert rows["not-it"]["stale"] is False
+    assert store.search_lexical(bot, "warranty", 5) == [] and store.search_lexical(bot, "refund", 5)
+    assert sync_bot(store, settings, bot).added == 0  # stays forgotten
+    with pytest.raises(NotFoundError):
+        forget(store, bot, str(kb / "sub"))
+    # adapters live beside the store's database: another store has none to mark
+    (tmp_path / "elsewhere").mkdir()
+    other = SQLiteStore(tmp_path / "elsewhere" / "plain.db")
     try:
-        bot = store.ensure_bot("default")
-        register_sources(store, bot, [str(kb)], settings)
-        sync_bot(store, settings, bot)
-        report = forget(store, bot, str(kb / "sub"))
-        assert (report.scope, report.documents, report.adapters_marked_stale) == ("documents", 1, 2)
-        assert len(store.marked) == 1
-        assert store.search_lexical(bot, "warranty", 5) == [] and store.search_lexical(bot, "refund", 5)
-        assert sync_bot(store, settings, bot).added == 0  # stays forgotten
-        with pytest.raises(NotFoundError):
-            forget(store, bot, str(kb / "sub"))
-        assert mark_adapters_stale(SQLiteStore(tmp_path / "plain.db"), bot, [1]) == 0  # no adapters: nothing
+        assert ad.mark_adapters_stale(other, bot, [d.id for d in docs]) == 0
+    finally:
+        other.close()
+
+
+def test_forget_json_names_the_adapters_it_made_stale(tmp_path, home):
+    kb = tmp_path / "kb"
+    secret = make_kb(kb)
+    run_json(home, "ingest", str(kb))
+    store = SQLiteStore(home / "ragtune.db")
+    try:
+        bot = store.get_bot("default")
+        docs = [d for source in store.list_sources(bot) for d in store.document_states(bot, source).values()]
     finally:
         store.close()
+    fake_adapter(home, "default", docs, tmp_path, "a1")
+    assert run_json(home, "adapters")[0]["stale"] is False
+    report = run_json(home, "forget", str(secret))
+    assert (report["adapters_marked_stale"], report["stale_adapters"]) == (1, ["a1"])
+    row = run_json(home, "adapters")[0]
+    assert row["stale"] is True and "erased" in row["stale_reason"]
+    assert "1 adapters marked stale (a1)" in run_cli(home, "forget", str(kb / "b.md")).stdout

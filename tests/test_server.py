@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from conftest import cli_env, run_cli, run_json  # noqa: E402
+from conftest import cli_env, fake_adapter, run_cli, run_json  # noqa: E402
 from serverkit import BATTERY_Q, KB, PacedGenerator, bearer, index, local_client, make_settings, sse_events  # noqa: E402
 from ragtune.models.embedders import HashEmbedder  # noqa: E402
 from ragtune.models.generators import EchoGenerator, Generator, StubGenerator  # noqa: E402
@@ -433,6 +433,33 @@ def test_erasing_a_document_erases_the_answers_that_quote_it(client):
     assert [m["role"] for m in conv["messages"]] == ["user"]
     assert "4.5 hours" not in json.dumps(conv)
 
+
+
+def test_bot_status_lists_adapters_and_says_when_the_newest_is_stale(client, tmp_path):
+    from ragtune.erasure import forget
+
+    services = client.app.state.services
+    bot = services.store.get_bot("demo")
+    before = client.get("/api/bots/demo").json()
+    assert before["adapters"] == [] and before["adapter_stale"] is False and before["documents"] > 0
+    docs = [d for source in services.store.list_sources(bot)
+            for d in services.store.document_states(bot, source).values()]
+    gift = next(d for d in docs if d.path.endswith("gift-cards.md"))
+    fake_adapter(home_of(client), "demo", [d for d in docs if d is not gift], tmp_path, "old", created=1.0)
+    fake_adapter(home_of(client), "demo", docs, tmp_path, "new", created=2.0)
+    fresh = client.get("/api/bots/demo").json()
+    assert [a["id"] for a in fresh["adapters"]] == ["old", "new"] and fresh["adapter_stale"] is False
+    assert {"id", "created_at", "stale", "stale_reason", "raft", "documents"} <= set(fresh["adapters"][0])
+    assert not any("path" in a for a in fresh["adapters"])  # no folders on disk in the API
+    forget(services.store, bot, gift.path)
+    listed = client.get("/api/bots").json()[0]
+    assert listed["adapter_stale"] is True and listed["documents"] == before["documents"] - 1
+    by_id = {a["id"]: a for a in listed["adapters"]}
+    assert by_id["new"]["stale"] and "erased" in by_id["new"]["stale_reason"] and by_id["old"]["stale"] is False
+
+
+def home_of(client):
+    return client.app.state.services.settings.home_path
 
 def test_stub_generator_streams_through_the_server(home):
     stub = StubGenerator(ttft_s=0.05, per_token_s=0.01, text="Alpha beta gamma.")

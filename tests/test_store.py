@@ -108,3 +108,25 @@ def test_sources_listing_and_sync_time(st):
     assert st.list_sources(bot)[0].synced_at == 123.0
     with pytest.raises(NotFoundError):
         st.remove_source(st.ensure_bot("other"), src.id)
+
+
+def test_list_chunks_in_document_order_for_one_bot_only(st):
+    bot, other = st.ensure_bot("b"), st.ensure_bot("other")
+    src = st.add_source(bot, "/kb", "folder", {})
+    assert st.list_chunks(bot) == []
+    b_id = put(st, bot, src, "/kb/b.md", "second document, one chunk.", title="Bee")
+    a_id = put(st, bot, src, "/kb/a.md", " ".join(f"sentence {i} of the first document." for i in range(40)), "Ay")
+    put(st, other, st.add_source(other, "/x", "folder", {}), "/x/c.md", "another bot's text")
+    chunks = st.list_chunks(bot)
+    assert [c.path for c in chunks] == sorted(c.path for c in chunks)  # by path, then position
+    first = [c for c in chunks if c.path == "/kb/a.md"]
+    assert len(first) > 1 and {c.document_id for c in first} == {a_id} and first[0].title == "Ay"
+    assert "sentence 0 " in first[0].text and "sentence 39 " in first[-1].text
+    assert first[0].heading == ("Ay",)
+    hits = st.get_hits(bot, [(c.chunk_id, 1.0) for c in chunks])  # the same chunks search returns
+    assert [(h.chunk_id, h.text, h.heading, h.source, h.title) for h in hits] == \
+        [(c.chunk_id, c.text, c.heading, c.path, c.title) for c in chunks]
+    assert chunks[-1].document_id == b_id and chunks[-1].title == "Bee"
+    assert all("another bot" not in c.text for c in chunks)
+    st.delete_document(bot, a_id)
+    assert [c.path for c in st.list_chunks(bot)] == ["/kb/b.md"]

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, cli_env, run_cli
+from conftest import EXAMPLES, cli_env, fake_adapter, run_cli
 from ragtune.errors import InputError, MissingExtraError, ModelError, NotFoundError
 from ragtune.ingest.sync import register_sources, sync_bot
-from ragtune.models.generators import SMOLLM2_NAME, Generator
+from ragtune.models.generators import Generator
 from ragtune.train import adapters as ad
 from ragtune.train.dataset import (Dataset, Example, build_dataset, compare_synthesis, extract_facts, held_out_split,
                                    load_pairs, raft_examples, read_knowledge, source_block, template_questions)
@@ -161,18 +161,6 @@ def test_export_is_jsonl_that_can_be_given_back_as_qa(kb, tmp_path):
 
 
 # --------------------------------------------------------------------------- adapters
-def fake_adapter(home, bot_name, documents, tmp_path, name="a1", created=1.0, raft=False) -> ad.Adapter:
-    """An adapter folder as `finetune` commits it (no weights: the echo generator does not need them)."""
-    staged = tmp_path / f"staged-{name}"
-    (staged / ad.PEFT_DIR).mkdir(parents=True)
-    (staged / ad.DATA_FILE).write_text('{"question": "q", "answer": "a"}\n')
-    manifest = {"created_at": created, "base_model": {"name": SMOLLM2_NAME, "sha256": "x"},
-                "training": {"raft": raft, "steps_run": 3}, "data": {"train": 1},
-                "documents": [{"id": d.id, "path": d.path, "content_hash": d.content_hash} for d in documents],
-                "metrics": {"held_out_loss": 1.0}, "files": {"peft": ad.PEFT_DIR, "gguf": None, "size_bytes": 1}}
-    return ad.commit_adapter(staged, home, bot_name, name, manifest)
-
-
 def test_adapter_goes_stale_when_a_learned_document_changes_or_goes(kb, settings, tmp_path):
     store, bot, docs = kb
     _, learned = read_knowledge(store, bot)
@@ -203,7 +191,7 @@ def test_erasure_marks_adapters_stale_and_drops_their_training_text(kb, settings
     gift = next(d for d in learned if d.path.endswith("gift-cards.md"))
     assert ad.mark_adapters_stale(store, bot, [gift.id]) == 1
     assert not (trained.path / ad.DATA_FILE).exists() and (other.path / ad.DATA_FILE).exists()
-    forget(store, bot, str(docs / "gift-cards.md"))
+    assert forget(store, bot, str(docs / "gift-cards.md")).stale_adapters == ("trained",)
     current = ad.current_documents(store, bot)
     status = ad.adapter_status(trained, current)
     assert status["stale"] and status["erased"] == 1 and status["removed"]

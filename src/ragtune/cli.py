@@ -175,7 +175,8 @@ def cmd_forget(args, settings: Settings) -> int:
         f"{report.sources} sources) in {report.seconds:.2f}s; "
         + ("space reclaimed" if report.reclaimed else "another process holds the store open: space is reclaimed "
            "at its next checkpoint")
-        + (f"; {report.adapters_marked_stale} adapters marked stale" if report.adapters_marked_stale else "")))
+        + (f"; {report.adapters_marked_stale} adapters marked stale ({', '.join(report.stale_adapters)})"
+           if report.adapters_marked_stale else "")))
     return 0
 
 

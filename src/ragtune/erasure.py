@@ -1,8 +1,9 @@
 """Erasure (`ragtune forget`): remove a document, a folder of documents or a whole source from every table and
 index of a bot — chunks, vectors, full-text rows, and derived tables that quote them (chat logs and the like,
 found by the store's column convention) — reclaim the space so no byte of the text stays in the database
-files, keep it from coming back at the next sync, mark adapters trained on it stale, and write an audit
-record that holds no personal data (a hash of what was forgotten, counts and the time)."""
+files, keep it from coming back at the next sync, mark adapters trained on it stale (dropping their cached
+training data), and write an audit record that holds no personal data (a hash of what was forgotten, counts
+and the time)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import NotFoundError
 from .ingest.sync import path_hash
 from .store import Bot, Source, Store
+from .train.adapters import record_erasure
 
 
 @dataclass(frozen=True)
@@ -26,12 +28,14 @@ class ForgetReport:
     sources: int
     derived_rows: int  # rows of chat logs and other tables that quoted the documents
     adapters_marked_stale: int
+    stale_adapters: tuple[str, ...]  # ids of the adapters that learned from what was forgotten, now stale
     reclaimed: bool  # false when another process held the database open and the WAL could not be emptied
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["seconds"] = round(self.seconds, 3)
+        out["stale_adapters"] = list(self.stale_adapters)
         return out
 
 
@@ -64,25 +68,16 @@ def forget(store: Store, bot: Bot, subject: str) -> ForgetReport:
     document_ids = list(documents)
     for source in whole:
         document_ids += [state.id for state in store.document_states(bot, source).values()]
-    stale = mark_adapters_stale(store, bot, document_ids)
+    # before the rows go: an interruption after this leaves adapters stale, never current on erased text
+    stale = record_erasure(store, bot, document_ids)
     scope = "source" if whole else "documents"
     audit = {"action": "forget", "subject_sha256": subject_hash(subject), "scope": scope,
-             "adapters_marked_stale": stale}
+             "adapters_marked_stale": len(stale)}
     counts = store.erase(bot, list(documents), [s.id for s in whole], audit)
     return ForgetReport(subject_sha256=audit["subject_sha256"], scope=scope, documents=counts["documents"],
                         chunks=counts["chunks"], sources=counts["sources"], derived_rows=counts["derived_rows"],
-                        adapters_marked_stale=stale, reclaimed=bool(counts.get("reclaimed", 1)),
-                        seconds=time.perf_counter() - started)
-
-
-def mark_adapters_stale(store: Store, bot: Bot, document_ids: Sequence[int]) -> int:
-    """Hook for fine-tuned adapters (issue D): mark every adapter whose lineage includes one of `document_ids`
-    as stale, and return how many were marked. No adapters exist yet, so this does nothing unless the store
-    provides `mark_adapters_stale(bot, document_ids)`; the adapter layer implements it there."""
-    hook = getattr(store, "mark_adapters_stale", None)
-    if hook is None:
-        return 0
-    return int(hook(bot, list(document_ids)))
+                        adapters_marked_stale=len(stale), stale_adapters=tuple(stale),
+                        reclaimed=bool(counts.get("reclaimed", 1)), seconds=time.perf_counter() - started)
 
 
 def _candidates(subject: str) -> set[str]:

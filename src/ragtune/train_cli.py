@@ -135,12 +135,10 @@ def _finetune_text(d: dict) -> str:
 @cli.command("adapters")
 def cmd_adapters(args, settings: Settings) -> int:
     from .store import open_store
-    from .train.adapters import adapter_status, current_documents, describe, list_adapters
+    from .train.adapters import describe_all
 
     with open_store(settings) as store:
-        bot = store.get_bot(settings.bot)
-        current = current_documents(store, bot)
-        rows = [describe(a, adapter_status(a, current)) for a in list_adapters(settings.home_path, bot.name)]
+        rows = describe_all(store, store.get_bot(settings.bot), settings.home_path)
 
     def text() -> str:
         if not rows:

@@ -42,7 +42,22 @@ def require_admin(who: Principal, what: str) -> None:
 
 
 def bot_json(services, bot: Bot) -> dict[str, Any]:
-    return {"name": bot.name, **services.store.count(bot), "settings": public_settings(bot)}
+    adapters = adapters_json(services, bot)
+    return {"name": bot.name, **services.store.count(bot), "settings": public_settings(bot), "adapters": adapters,
+            "adapter_stale": bool(adapters and adapters[-1]["stale"])}
+
+
+ADAPTER_FIELDS = ("id", "created_at", "base_model", "raft", "runtime", "documents", "held_out_loss", "stale",
+                  "stale_reason", "changed", "removed")
+
+
+def adapters_json(services, bot: Bot) -> list[dict[str, Any]]:
+    """The bot's fine-tuned adapters, oldest first, each with its `stale` flag and why (a learned document
+    changed, was removed or erased); `adapter_stale` in bot_json is the newest one's. No paths on disk."""
+    from ..train.adapters import describe_all
+
+    return [{k: row[k] for k in ADAPTER_FIELDS} for row in describe_all(services.store, bot,
+                                                                       services.settings.home_path)]
 
 
 SETTING_NAMES = ("model", "strategy", "system_prompt", "handoff")

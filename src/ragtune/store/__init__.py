@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..settings import Settings
-from .base import ApiKey, Bot, DocumentState, Source, Store
+from .base import ApiKey, Bot, DocumentState, Source, Store, StoredChunk
 
-__all__ = ["ApiKey", "Bot", "DocumentState", "Source", "Store", "open_store"]
+__all__ = ["ApiKey", "Bot", "DocumentState", "Source", "Store", "StoredChunk", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

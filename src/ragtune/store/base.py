@@ -44,6 +44,18 @@ class DocumentState:
 
 
 @dataclass(frozen=True)
+class StoredChunk:
+    """One chunk as stored, with its document's id, path and title: what training data is read from."""
+
+    chunk_id: str
+    document_id: int
+    path: str
+    title: str
+    heading: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
 class ApiKey:
     """A bot's API key or widget token; the secret itself is never stored, only its sha256 digest."""
 
@@ -118,6 +130,10 @@ class Store(ABC):
         """Erase documents (and sources) so that no byte of their text remains in the store: rows, indexes,
         derived tables that quote them, and free space; record `audit` (no personal data) in the same
         transaction. Returns counts: documents, chunks, sources, derived_rows."""
+
+    @abstractmethod
+    def list_chunks(self, bot: Bot) -> list[StoredChunk]:
+        """Every chunk of the bot, in document order: by document path, then position in the document."""
 
     @abstractmethod
     def count(self, bot: Bot) -> dict[str, int]:

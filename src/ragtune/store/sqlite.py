@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import NotFoundError, RagtuneError
 from ..types import Chunk, Hit, LoadedDocument
-from .base import ApiKey, Bot, DocumentState, Source, Store
+from .base import ApiKey, Bot, DocumentState, Source, Store, StoredChunk
 
 SCHEMA_VERSION = 3
 
@@ -426,6 +426,12 @@ class SQLiteStore(Store):
         busy, wal_pages, _ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return {"checkpoint_busy": busy, "wal_pages": wal_pages}
 
+    def list_chunks(self, bot: Bot) -> list[StoredChunk]:
+        rows = self.db.execute(
+            "SELECT c.id, c.document_id, c.heading, c.text, d.path, d.title FROM chunks c JOIN documents d "
+            "ON d.id = c.document_id WHERE c.bot_id = ? ORDER BY d.path, c.ordinal", (bot.id,)).fetchall()
+        return [StoredChunk(r["id"], r["document_id"], r["path"], r["title"], _heading(r), r["text"]) for r in rows]
+
     def count(self, bot: Bot) -> dict[str, int]:
         q = lambda sql: self.db.execute(sql, (bot.id,)).fetchone()[0]  # noqa: E731
         return {
@@ -606,8 +612,7 @@ class SQLiteStore(Store):
             r = by_id.get(cid)
             if r is None:
                 continue
-            heading = tuple(h for h in r["heading"].split(" > ") if h)
-            hits.append(Hit(cid, score, r["text"], heading, r["path"], r["title"], r["document_id"]))
+            hits.append(Hit(cid, score, r["text"], _heading(r), r["path"], r["title"], r["document_id"]))
         return hits
 
     # ------------------------------------------------------------------ evaluation runs
@@ -722,6 +727,11 @@ class _Transaction:
                 self.db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self.lock.release()
+
+
+def _heading(row: sqlite3.Row) -> tuple[str, ...]:
+    """A chunk's heading path, stored joined by " > "."""
+    return tuple(h for h in row["heading"].split(" > ") if h)
 
 
 def _split_sql(script: str) -> list[str]:

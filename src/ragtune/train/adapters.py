@@ -167,13 +167,19 @@ def mark_adapters_stale(store: Store, bot: Bot, document_ids: Sequence[int], hom
     them, delete those adapters' cached training data (it quotes the erased text), and return how many adapters
     were marked. Staleness itself needs no marking (it is computed from lineage); the record keeps the adapter
     stale even if a document with the same path and text is added again later."""
+    return len(record_erasure(store, bot, document_ids, home))
+
+
+def record_erasure(store: Store, bot: Bot, document_ids: Sequence[int], home: str | Path | None = None) -> list[str]:
+    """What `mark_adapters_stale` does, returning the ids of the adapters it marked (oldest first). `home`
+    defaults to the folder of the store's database file; a store without one has no adapters beside it."""
     if home is None:
         db = getattr(store, "path", None)
         if db is None:
-            return 0
+            return []
         home = Path(db).parent
     ids = {int(d) for d in document_ids}
-    marked = 0
+    marked = []
     for adapter in list_adapters(home, bot.name):
         learned = {int(d["id"]) for d in adapter.manifest.get("documents", [])}
         hit = sorted(learned & ids)
@@ -184,7 +190,7 @@ def mark_adapters_stale(store: Store, bot: Bot, document_ids: Sequence[int], hom
         data = adapter.path / DATA_FILE
         if data.exists():
             data.unlink()
-        marked += 1
+        marked.append(adapter.id)
     return marked
 
 
@@ -241,6 +247,14 @@ def describe(adapter: Adapter, status: dict[str, Any]) -> dict[str, Any]:
         "removed": status["removed"],
         "path": str(adapter.path),
     }
+
+
+def describe_all(store: Store, bot: Bot, home: str | Path) -> list[dict[str, Any]]:
+    """Every complete adapter of the bot, oldest first, as `describe` gives it (stale flag and reason included);
+    the store's documents are read once, and not at all when there are no adapters."""
+    adapters = list_adapters(home, bot.name)
+    current = current_documents(store, bot) if adapters else {}
+    return [describe(a, adapter_status(a, current)) for a in adapters]
 
 
 # --------------------------------------------------------------------------- GGUF conversion for llama.cpp

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 from .. import grounding as g
 from ..errors import InputError
 from ..ingest.chunking import heading_path
-from ..store import Bot, Store
+from ..store import Bot, Store, StoredChunk
 
 # The closed-book prompt: used for training and by the `finetune` strategy (the same text, or the adapter sees a
 # prompt it never learned). Short on purpose: every prompt token is paid for at every training step.
@@ -32,14 +32,7 @@ SYNTH_METHODS = ("template", "model", "auto")
 
 
 # --------------------------------------------------------------------------- types
-@dataclass(frozen=True)
-class KnowledgeChunk:
-    chunk_id: str
-    document_id: int
-    path: str
-    title: str
-    heading: tuple[str, ...]
-    text: str
+KnowledgeChunk = StoredChunk  # one chunk with its document's id, path and title, as the store lists it
 
 
 @dataclass(frozen=True)
@@ -128,15 +121,7 @@ def read_knowledge(store: Store, bot: Bot) -> tuple[list[KnowledgeChunk], list[D
     """Every chunk of the bot (in document order) and every document's lineage (id, path, content hash)."""
     docs = [DocumentRef(s.id, s.path, s.content_hash)
             for source in store.list_sources(bot) for s in store.document_states(bot, source).values()]
-    lister = getattr(store, "list_chunks", None)
-    if lister is not None:
-        chunks = list(lister(bot))
-    else:  # the SQLite store, read directly until the Store interface has list_chunks
-        rows = store.db.execute(  # type: ignore[attr-defined]
-            "SELECT c.id, c.document_id, c.heading, c.text, d.path, d.title FROM chunks c JOIN documents d "
-            "ON d.id = c.document_id WHERE c.bot_id = ? ORDER BY d.path, c.ordinal", (bot.id,)).fetchall()
-        chunks = [KnowledgeChunk(r["id"], r["document_id"], r["path"], r["title"],
-                                 tuple(h for h in r["heading"].split(" > ") if h), r["text"]) for r in rows]
+    chunks = store.list_chunks(bot)
     return chunks, sorted(docs, key=lambda d: d.path)
 
 

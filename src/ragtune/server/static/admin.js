@@ -39,7 +39,8 @@
     return R.api("GET", "/api/bots").then(function (bots) {
       select.replaceChildren();
       bots.forEach(function (b) {
-        var o = el("option", null, b.name + " (" + b.documents + " docs)");
+        var o = el("option", null, b.name + " (" + b.documents + " docs" +
+                   (b.adapter_stale ? ", adapter stale: re-run finetune" : "") + ")");
         o.value = b.name;
         select.appendChild(o);
       });
