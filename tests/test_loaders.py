@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from ragtune.errors import SourceError
-from ragtune.ingest.loaders import SUPPORTED_SUFFIXES, hash_file, load_bytes, load_file
+from ragtune.ingest.loaders import (SUPPORTED_SUFFIXES, JsonlError, hash_file, jsonl_rows, load_bytes, load_file,
+                                   qa_keys)
 
 MB = 1024 * 1024
 POETRY_DOCS = Path("/work/shared/datasets/poetry-docs/2.4.1/docs")
@@ -359,6 +360,19 @@ def test_binary_text_file(tmp_path):
     assert _error(tmp_path, "ctl.txt", no_nul) == "not a text file (binary content)"
     assert _error(tmp_path, "bin.md", b"\x00\x01\x02abc") == "not a text file (binary content)"
 
+
+
+def test_jsonl_rows_is_the_one_jsonl_reader():
+    """Shared by Q&A loading, fine-tuning's curated files and the question benchmarks: line numbers count blank
+    lines, a line ends at "\n" only (U+2028 inside a JSON string is not a line break), a bad line names itself."""
+    text = '{"q": "a\u2028b"}\r\n\n  \n[1]\n{"q": 2}'
+    assert list(jsonl_rows(text)) == [(1, {"q": "a\u2028b"}), (4, [1]), (5, {"q": 2})]
+    rows = jsonl_rows('{"ok": 1}\n\n{broken\n')
+    assert next(rows) == (1, {"ok": 1})
+    with pytest.raises(JsonlError) as err:
+        next(rows)
+    assert err.value.line == 3 and err.value.msg and str(err.value).startswith("line 3: ")
+    assert qa_keys({"prompt": "P", "q": "Q", "response": "R"}) == ("Q", "R") and qa_keys({"x": 1}) == (None, None)
 
 def test_malformed_jsonl(tmp_path):
     data = '{"question": "a", "answer": "b"}\n{"question": "c", "answer": \n'

@@ -3,12 +3,12 @@ the right source cited), abstention accuracy on unanswerable questions, latency 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..ingest.loaders import JsonlError, jsonl_rows
 from ..types import Answer
 from .metrics import percentile
 
@@ -19,22 +19,19 @@ def load_questions(path: str | Path, split: str = "all") -> list[dict[str, Any]]
     if not p.is_file():
         raise InputError(f"question file {path} does not exist")
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise InputError(f"{path}:{n}: each line needs a non-empty \"question\" string")
-        answers = row.get("answers", [])
-        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-            raise InputError(f"{path}:{n}: \"answers\" must be a list of strings")
-        if split != "all" and row.get("split", "all") != split:
-            continue
-        out.append({"question": row["question"], "answers": answers, "source": row.get("source") or "",
-                    "split": row.get("split", "")})
+    try:
+        for n, row in jsonl_rows(p.read_text(encoding="utf-8", errors="replace")):
+            if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+                raise InputError(f"{path}:{n}: each line needs a non-empty \"question\" string")
+            answers = row.get("answers", [])
+            if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+                raise InputError(f"{path}:{n}: \"answers\" must be a list of strings")
+            if split != "all" and row.get("split", "all") != split:
+                continue
+            out.append({"question": row["question"], "answers": answers, "source": row.get("source") or "",
+                        "split": row.get("split", "")})
+    except JsonlError as exc:
+        raise InputError(f"{path}:{exc.line}: not valid JSON ({exc.msg})") from None
     if not out:
         raise InputError(f"{path}: no questions" + (f" with split {split!r}" if split != "all" else ""))
     return out

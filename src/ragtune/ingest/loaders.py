@@ -9,7 +9,7 @@ import io
 import json
 import re
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from ragtune.errors import SourceError
@@ -23,6 +23,7 @@ _KIND_BY_SUFFIX = {
     ".pdf": "pdf", ".docx": "docx", ".csv": "csv", ".jsonl": "jsonl",
 }
 _MB = 1024 * 1024
+_T = TypeVar("_T")
 
 
 # -- public API
@@ -473,14 +474,43 @@ def _parse_docx(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
     return title or first_h1, out.done(), {}
 
 
-# -- Q&A csv / jsonl
-_Q_KEYS = ("question", "q", "prompt")
-_A_KEYS = ("answer", "a", "response")
+# -- Q&A csv / jsonl (the readers here are shared with fine-tuning's curated files and the question benchmarks)
+QUESTION_KEYS = ("question", "q", "prompt")  # a Q&A file's question column or key, first found wins
+ANSWER_KEYS = ("answer", "a", "response")
 _NEED = "need 'question' and 'answer' (or q/a, prompt/response)"
 
 
-def _pick(keys: dict, names: tuple[str, ...]):
+def qa_keys(keys: Mapping[str, _T]) -> tuple[_T | None, _T | None]:
+    """The question and answer entries of `keys` (lower-cased column names or JSON keys mapped to a column
+    index or the original key); None for one that is missing."""
+    return _pick(keys, QUESTION_KEYS), _pick(keys, ANSWER_KEYS)
+
+
+def _pick(keys: Mapping[str, _T], names: tuple[str, ...]) -> _T | None:
     return next((keys[name] for name in names if name in keys), None)
+
+
+class JsonlError(ValueError):
+    """A line of a JSONL text that is not valid JSON: its 1-based number and the parser's message. Each reader
+    words it for its own users (SourceError when indexing, InputError for a file given on the command line)."""
+
+    def __init__(self, line: int, msg: str) -> None:
+        super().__init__(f"line {line}: {msg}")
+        self.line, self.msg = line, msg
+
+
+def jsonl_rows(text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of JSONL text. Lines are split at "\n" only: a JSON
+    string may hold U+2028 and other characters that str.splitlines breaks at. JsonlError at a line that is
+    not JSON, when the reader reaches it (the rows before it are yielded first)."""
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise JsonlError(number, exc.msg) from exc
+        yield number, value
 
 
 def _qa_section(question: str, answer: str) -> Section | None:
@@ -504,7 +534,7 @@ def _parse_csv(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
     except csv.Error as exc:
         raise SourceError(f"malformed CSV on line 1: {_short(exc)}") from exc
     keys = {h.strip().lower(): i for i, h in enumerate(header) if h.strip()}
-    qi, ai = _pick(keys, _Q_KEYS), _pick(keys, _A_KEYS)
+    qi, ai = qa_keys(keys)
     if qi is None or ai is None:
         found = ", ".join(repr(h.strip()) for h in header if h.strip()) or "none"
         raise SourceError(f"missing question/answer columns: found {found}; {_NEED}")
@@ -525,26 +555,21 @@ def _parse_csv(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
 
 
 def _parse_jsonl(data: bytes, stem: str) -> tuple[str, list[Section], dict]:
-    text = _decode_text(data)
     sections, skipped = [], 0
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"malformed JSON on line {number}: {exc.msg}") from exc
-        if not isinstance(obj, dict):
-            raise SourceError(f"line {number} is not a JSON object")
-        keys = {str(k).strip().lower(): k for k in obj}
-        qk, ak = _pick(keys, _Q_KEYS), _pick(keys, _A_KEYS)
-        if qk is None or ak is None:
-            found = ", ".join(repr(str(k)) for k in obj) or "none"
-            raise SourceError(f"line {number} lacks question/answer keys: found {found}; {_NEED}")
-        q, a = obj[qk], obj[ak]
-        section = _qa_section("" if q is None else str(q), "" if a is None else str(a))
-        skipped += section is None
-        sections += [section] if section else []
+    try:
+        for number, obj in jsonl_rows(_decode_text(data)):
+            if not isinstance(obj, dict):
+                raise SourceError(f"line {number} is not a JSON object")
+            qk, ak = qa_keys({str(k).strip().lower(): k for k in obj})
+            if qk is None or ak is None:
+                found = ", ".join(repr(str(k)) for k in obj) or "none"
+                raise SourceError(f"line {number} lacks question/answer keys: found {found}; {_NEED}")
+            q, a = obj[qk], obj[ak]
+            section = _qa_section("" if q is None else str(q), "" if a is None else str(a))
+            skipped += section is None
+            sections += [section] if section else []
+    except JsonlError as exc:
+        raise SourceError(f"malformed JSON on line {exc.line}: {exc.msg}") from exc
     if not sections:
         raise SourceError("no question/answer pairs found")
     return stem, sections, {"pairs": len(sections), "skipped_rows": skipped}

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 from .. import grounding as g
 from ..errors import InputError
 from ..ingest.chunking import heading_path
+from ..ingest.loaders import JsonlError, jsonl_rows, qa_keys
 from ..store import Bot, Store, StoredChunk
 
 # The closed-book prompt: used for training and by the `finetune` strategy (the same text, or the adapter sees a
@@ -396,18 +397,15 @@ def _check_pair(q: Any, a: Any, where: str) -> tuple[str, str]:
 
 def _jsonl_pairs(text: str, path) -> list[tuple[str, str]]:
     pairs = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{path}:{n}: each line must be an object with \"question\" and \"answer\"")
-        q = row.get("question", row.get("prompt"))
-        a = row.get("answer", row.get("response"))
-        pairs.append(_check_pair(q, a, f"{path}:{n}"))
+    try:
+        for n, row in jsonl_rows(text):
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{n}: each line must be an object with \"question\" and \"answer\"")
+            q = row.get("question", row.get("prompt"))
+            a = row.get("answer", row.get("response"))
+            pairs.append(_check_pair(q, a, f"{path}:{n}"))
+    except JsonlError as exc:
+        raise InputError(f"{path}:{exc.line}: not valid JSON ({exc.msg})") from None
     return pairs
 
 
@@ -418,8 +416,7 @@ def _csv_pairs(text: str, path) -> list[tuple[str, str]]:
         raise InputError(f"{path}: not valid CSV ({exc})") from None
     rows = [r for r in rows if any(c.strip() for c in r)]
     header = [c.strip().lower() for c in rows[0]] if rows else []
-    qi = next((header.index(h) for h in ("question", "prompt", "q") if h in header), None)
-    ai = next((header.index(h) for h in ("answer", "response", "a") if h in header), None)
+    qi, ai = qa_keys({name: i for i, name in reversed(list(enumerate(header)))})  # the first of equal names wins
     if qi is None or ai is None:
         raise InputError(f"{path}:1: a CSV Q&A file needs a header row with 'question' and 'answer' columns, "
                          f"found {rows[0] if rows else []}")
