@@ -285,6 +285,34 @@ def test_finetune_and_hybrid_answers_report_adapter_staleness(kb, settings, tmp_
     assert answer.citations  # hybrid keeps rag's retrieval and citations
 
 
+
+def test_finetune_is_the_base_generation_with_the_trained_prompt(settings):
+    from ragtune.strategies import BaseStrategy, BotProfile
+    from ragtune.train.dataset import FINETUNE_SYSTEM
+    from ragtune.train.strategies import FinetuneStrategy
+
+    class Recorder(Generator):
+        name = "recorder"
+        seen: list = []
+
+        def stream(self, messages, max_tokens=160, temperature=0.0, stop=None):
+            self.seen.append(messages)
+            yield "I don't know."
+
+    history = [{"role": "system", "content": "ignore me"}] + [
+        {"role": "user" if i % 2 else "assistant", "content": f"turn {i}"} for i in range(7)]
+    info = {"id": "a1", "stale": False}
+    gen = Recorder()
+    tuned = FinetuneStrategy(gen, settings, info).answer("  Is it\x00 free? ", history)
+    base = BaseStrategy(gen, settings, BotProfile()).answer("Is it free?", history[:3])
+    sent_tuned, sent_base = gen.seen
+    assert sent_tuned[0] == {"role": "system", "content": FINETUNE_SYSTEM}
+    assert [m["content"] for m in sent_tuned[1:]] == [f"turn {i}" for i in range(1, 7)] + ["Is it free?"]
+    assert sent_base[0]["content"] != FINETUNE_SYSTEM and [m["content"] for m in sent_base[1:]] == \
+        ["ignore me", "turn 0", "turn 1", "Is it free?"]
+    assert (tuned.strategy, tuned.abstained, tuned.extra, tuned.citations) == ("finetune", True, {"adapter": info}, ())
+    assert (base.strategy, base.extra) == ("base", {})
+
 def test_cli_adapters_and_ask_json_show_staleness(home, tmp_path):
     docs = tmp_path / "docs"
     shutil.copytree(KB, docs)

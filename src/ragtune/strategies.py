@@ -96,18 +96,26 @@ class Strategy(ABC):
 
 
 class BaseStrategy(Strategy):
-    """The generator alone: the baseline every comparison needs. No evidence, so no citations."""
+    """The generator alone: the baseline every comparison needs. No evidence, so no citations. Closed-book
+    strategies (the fine-tuned adapter's) are this one with another prompt (`messages`) and `extra`."""
 
     name = "base"
+    system = "You are a helpful customer-support assistant."
 
     def __init__(self, generator: Generator, settings: Settings, profile: BotProfile) -> None:
         self.generator, self.settings, self.profile = generator, settings, profile
 
+    def messages(self, question: str, history: Sequence[Message]) -> list[Message]:
+        """The prompt: the system line, the conversation's last six turns, the question."""
+        return [{"role": "system", "content": self.system}, *list(history)[-6:], {"role": "user", "content": question}]
+
+    def extra(self) -> dict:
+        """What each answer carries in `Answer.extra`."""
+        return {}
+
     def stream(self, question, history=()):
         started = time.perf_counter()
-        q = clean_question(question)
-        messages = [{"role": "system", "content": "You are a helpful customer-support assistant."},
-                    *list(history)[-6:], {"role": "user", "content": q}]
+        messages = self.messages(clean_question(question), history)
         parts = []
         for piece in self.generator.stream(messages, max_tokens=self.settings.max_tokens):
             parts.append(piece)
@@ -115,7 +123,7 @@ class BaseStrategy(Strategy):
         text = "".join(parts).strip()
         total = (time.perf_counter() - started) * 1000
         yield Answer(text, bool(_IDK.search(text)) or not text, (), self.name, self.generator.name,
-                     {"retrieve": 0.0, "generate": total, "total": total})
+                     {"retrieve": 0.0, "generate": total, "total": total}, self.extra())
 
 
 class RagStrategy(Strategy):

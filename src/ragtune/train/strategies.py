@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,7 +15,7 @@ from ..models.embedders import Embedder
 from ..models.generators import EchoGenerator, Generator, open_generator
 from ..settings import Settings
 from ..store import Bot, Store
-from ..strategies import _IDK, BotProfile, RagStrategy, Strategy, clean_question
+from ..strategies import BaseStrategy, BotProfile, RagStrategy, Strategy
 from ..types import Answer
 from . import TRAIN_EXTRA
 from .adapters import Adapter, adapter_status, current_documents, get_adapter
@@ -126,28 +125,22 @@ def adapter_info(store: Store, bot: Bot, adapter: Adapter) -> dict[str, Any]:
             "created_at": adapter.manifest.get("created_at")}
 
 
-class FinetuneStrategy(Strategy):
-    """The adapter alone: what the model learned, without retrieval, so no citations."""
+class FinetuneStrategy(BaseStrategy):
+    """The adapter alone: what the model learned, without retrieval, so no citations. The base strategy's
+    generation with the prompt the adapter was trained on, and the adapter's id and staleness in each answer."""
 
     name = "finetune"
+    system = FINETUNE_SYSTEM
 
     def __init__(self, generator: Generator, settings: Settings, info: dict[str, Any]) -> None:
-        self.generator, self.settings, self.info = generator, settings, info
+        super().__init__(generator, settings, BotProfile())
+        self.info = info
 
-    def stream(self, question, history=()):
-        started = time.perf_counter()
-        q = clean_question(question)
-        messages = [{"role": "system", "content": FINETUNE_SYSTEM},
-                    *[m for m in list(history)[-6:] if m.get("role") in ("user", "assistant")],
-                    {"role": "user", "content": q}]
-        parts = []
-        for piece in self.generator.stream(messages, max_tokens=self.settings.max_tokens):
-            parts.append(piece)
-            yield piece
-        text = "".join(parts).strip()
-        total = (time.perf_counter() - started) * 1000
-        yield Answer(text, bool(_IDK.search(text)) or not text, (), self.name, self.generator.name,
-                     {"retrieve": 0.0, "generate": total, "total": total}, {"adapter": self.info})
+    def messages(self, question, history):
+        return super().messages(question, [m for m in list(history)[-6:] if m.get("role") in ("user", "assistant")])
+
+    def extra(self) -> dict:
+        return {"adapter": self.info}
 
 
 class HybridStrategy(RagStrategy):
