@@ -16,6 +16,7 @@ pytest.importorskip("fastapi")
 from conftest import cli_env, fake_adapter, run_cli, run_json  # noqa: E402
 from serverkit import BATTERY_Q, KB, PacedGenerator, bearer, index, local_client, make_settings, sse_events  # noqa: E402
 from ragtune.models.embedders import HashEmbedder  # noqa: E402
+from ragtune.errors import ModelError  # noqa: E402
 from ragtune.models.generators import EchoGenerator, Generator, StubGenerator  # noqa: E402
 from ragtune.server.app import create_app  # noqa: E402
 from ragtune.server.auth import RateLimiter  # noqa: E402
@@ -460,6 +461,38 @@ def test_bot_status_lists_adapters_and_says_when_the_newest_is_stale(client, tmp
 
 def home_of(client):
     return client.app.state.services.settings.home_path
+
+
+class Failing(Generator):
+    """Fake that says one word, then fails: with a ragtune error (its message may be shown) or any other."""
+
+    name = "failing"
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def stream(self, messages, max_tokens=160, temperature=0.0, stop=None):
+        yield "Partly "
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc, status, message", [(ModelError("the model ran out of memory"), 503, "out of memory"),
+                                                  (RuntimeError("secret detail"), 500, "internal error")])
+def test_a_failure_mid_stream_is_the_last_event_in_both_apis(home, exc, status, message):
+    with local_client(app_for(home, Failing(exc))) as c:
+        c.patch("/api/bots/demo/settings", json={"strategy": "base"})
+        events = sse_events(c.post("/api/bots/demo/chat", json={"message": "anything"}).text)
+        assert events[0] == ("token", {"text": "Partly "}) and events[-1][0] == "error"
+        assert events[-1][1]["status"] == status and message in events[-1][1]["error"]
+        r = c.post("/v1/chat/completions", json={"model": "demo", "stream": True,
+                                                 "messages": [{"role": "user", "content": "anything"}]})
+        chunks = [d for _, d in sse_events(r.text)]
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant" and chunks[-1] == "[DONE]"
+        assert chunks[1]["choices"][0]["delta"]["content"] == "Partly "
+        error = chunks[-2]["error"]
+        assert error["code"] == status and message in error["message"] and error["type"] == "server_error"
+        assert "secret" not in r.text
+
 
 def test_stub_generator_streams_through_the_server(home):
     stub = StubGenerator(ttft_s=0.05, per_token_s=0.01, text="Alpha beta gamma.")

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Sequence
 
-from ..errors import InputError
+from ..errors import InputError, RagtuneError
 from ..store import Bot
 from ..strategies import clean_question
 from ..types import Answer
@@ -67,6 +67,46 @@ def answer_and_save(store, bot: Bot, strategy, question: str, history: Sequence[
         {"role": "assistant", "content": final.answer, "citations": data["citations"], "meta": meta},
     ], channel=channel)
     yield Saved(conv, ids[-1])
+
+
+async def collect(make_iter: Callable[[], Iterator[Any]], executor) -> tuple[Answer, Saved]:
+    """A chat that is not streamed: run it to the end; the final Answer and where the turn was stored."""
+    final = saved = None
+    async for item in iterate_in_thread(make_iter, executor):
+        if isinstance(item, Answer):
+            final = item
+        elif isinstance(item, Saved):
+            saved = item
+    return final, saved
+
+
+async def chat_events(make_iter: Callable[[], Iterator[Any]], executor, token: Callable[[str], str],
+                      done: Callable[[Answer, Saved], str], error: Callable[[int, str], str]) -> AsyncIterator[str]:
+    """A streamed chat as one protocol's events: `token(text)` for each text piece, `done(answer, saved)` once
+    the turn is stored. The status line is sent by then, so a failure becomes the last event, `error(status,
+    message)`: a RagtuneError's own status and message, anything else 500 and "internal error"."""
+    final = None
+    try:
+        async for item in iterate_in_thread(make_iter, executor):
+            if isinstance(item, Answer):
+                final = item
+            elif isinstance(item, Saved):
+                yield done(final, item)
+            elif item:
+                yield token(item)
+    except Exception as exc:
+        if isinstance(exc, RagtuneError):
+            yield error(exc.http_status, str(exc))
+        else:
+            yield error(500, "internal error")
+
+
+def event_stream(events: AsyncIterator[str]):
+    """The streaming response for server-sent events, unbuffered by proxies."""
+    from fastapi.responses import StreamingResponse
+
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
 _DONE = object()

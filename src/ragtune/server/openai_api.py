@@ -10,12 +10,12 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InputError, RagtuneError
+from ..errors import InputError
 from ..types import Answer
-from .chat import Saved, answer_and_save, check_question, clamp_history, clamp_max_tokens, iterate_in_thread
+from .chat import (Saved, answer_and_save, chat_events, check_question, clamp_history, clamp_max_tokens, collect,
+                   event_stream)
 from .rest import Forbidden, principal, services
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -97,12 +97,7 @@ async def chat_completions(body: ChatCompletionRequest, s=Depends(services), who
         return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
     if not body.stream:
-        final = saved = None
-        async for item in iterate_in_thread(run, s.chat_pool):
-            if isinstance(item, Answer):
-                final = item
-            elif isinstance(item, Saved):
-                saved = item
+        final, saved = await collect(run, s.chat_pool)
         return {"id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": final.answer},
                              "finish_reason": "stop"}],
@@ -113,22 +108,15 @@ async def chat_completions(body: ChatCompletionRequest, s=Depends(services), who
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
+    def error(status: int, message: str) -> str:  # the last event before [DONE]
+        return f"data: {json.dumps({'error': {'message': message, 'type': 'server_error', 'code': status}})}\n\n"
+
     async def events():
         yield chunk({"role": "assistant", "content": ""})
-        final = None
-        try:
-            async for item in iterate_in_thread(run, s.chat_pool):
-                if isinstance(item, Answer):
-                    final = item
-                elif isinstance(item, Saved):
-                    yield chunk({}, "stop", usage=usage(final.answer), **extras(final, item))
-                elif item:
-                    yield chunk({"content": item})
-        except Exception as exc:  # headers are sent: the error becomes the last event before [DONE]
-            status = exc.http_status if isinstance(exc, RagtuneError) else 500
-            message = str(exc) if isinstance(exc, RagtuneError) else "internal error"
-            yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error', 'code': status}})}\n\n"
+        async for event in chat_events(run, s.chat_pool, token=lambda text: chunk({"content": text}), error=error,
+                                       done=lambda final, saved: chunk({}, "stop", usage=usage(final.answer),
+                                                                       **extras(final, saved))):
+            yield event
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    return event_stream(events())

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ..errors import ConfigError, InputError, NotFoundError, RagtuneError
@@ -18,7 +18,8 @@ from ..models.generators import GENERATORS
 from ..store import Bot, Source
 from ..types import Answer
 from .auth import KEY_KINDS, Principal, create_key
-from .chat import Saved, answer_and_save, check_question, clamp_history, clamp_max_tokens, iterate_in_thread
+from .chat import (Saved, answer_and_save, chat_events, check_question, clamp_history, clamp_max_tokens, collect,
+                   event_stream)
 
 router = APIRouter(prefix="/api")
 
@@ -289,33 +290,14 @@ async def chat(bot: str, body: ChatBody, s=Depends(services), who=Depends(princi
     def run():
         return answer_and_save(s.store, b, strategy, question, history, body.conversation_id, channel)
 
-    if not body.stream:
-        final, saved = None, None
-        async for item in iterate_in_thread(run, s.chat_pool):
-            if isinstance(item, Answer):
-                final = item
-            elif isinstance(item, Saved):
-                saved = item
+    def result(final: Answer, saved: Saved) -> dict[str, Any]:
         return {**final.to_json(), "conversation_id": saved.conversation_id, "message_id": saved.message_id}
 
-    async def events():
-        final = None
-        try:
-            async for item in iterate_in_thread(run, s.chat_pool):
-                if isinstance(item, Answer):
-                    final = item
-                elif isinstance(item, Saved):
-                    yield sse("done", {**final.to_json(), "conversation_id": item.conversation_id,
-                                       "message_id": item.message_id})
-                elif item:
-                    yield sse("token", {"text": item})
-        except Exception as exc:  # the status line is sent: report the failure as the last event
-            status = exc.http_status if isinstance(exc, RagtuneError) else 500
-            yield sse("error", {"error": str(exc) if isinstance(exc, RagtuneError) else "internal error",
-                                "status": status})
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    if not body.stream:
+        return result(*await collect(run, s.chat_pool))
+    return event_stream(chat_events(run, s.chat_pool, token=lambda text: sse("token", {"text": text}),
+                                    done=lambda final, saved: sse("done", result(final, saved)),
+                                    error=lambda status, message: sse("error", {"error": message, "status": status})))
 
 
 # ------------------------------------------------------------------------------------------------ conversations
