@@ -97,6 +97,28 @@ def test_unanswerable_question_abstains_with_handoff(kb, settings):
     assert a.abstained and a.answer == "I don't know. Write to help@example.test." and a.citations == ()
 
 
+def test_a_chunk_one_retriever_is_sure_of_is_candidate_evidence(kb, settings):
+    """Fusion keeps the top-1 hit here; the chunk dense or BM25 alone ranks first or second joins as evidence."""
+    one = settings.replace(top_k=1)
+    strategy = rag(kb, one, EchoGenerator())
+    q = "I'm not sure the bike is for me. How long do I have to send it back and get my money back?"
+    retrieval = strategy.retriever.search(strategy.bot, q, k=1)
+    widened = strategy._widen(retrieval)
+    expected = {c for c, _ in retrieval.dense[:2]} | {c for c, _ in retrieval.lexical[:2]} | {retrieval.hits[0].chunk_id}
+    assert {h.chunk_id for h in widened} == expected and len(widened) > 1
+    none = rag(kb, one.replace(evidence_rescue=0), EchoGenerator())
+    assert [h.chunk_id for h in none._widen(retrieval)] == [retrieval.hits[0].chunk_id]
+
+
+def test_two_near_equal_passages_are_both_quoted_with_their_sources(kb, settings):
+    q = "How long does a full battery charge take from empty?"
+    one = rag(kb, settings.replace(quote_passages=1), EchoGenerator(), answer_mode="extract").answer(q)
+    two = rag(kb, settings.replace(quote_passages=2, quote_margin=1.0), EchoGenerator(), answer_mode="extract").answer(q)
+    assert one.answer.count('"') == 2 and len(one.citations) == 1
+    assert two.answer.count('"') == 4 and two.answer.startswith(one.answer)  # best first, then the runner-up
+    assert 1 <= len(two.citations) <= 2 and "[1]" in two.answer
+
+
 def real_emb(settings):
     from ragtune.models.embedders import open_embedder
 

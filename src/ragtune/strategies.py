@@ -142,14 +142,19 @@ class RagStrategy(Strategy):
         self.min_support = settings.min_support if min_support is None else min_support
 
     # ------------------------------------------------------------------ evidence
-    def _evidence(self, question: str, hits: list[Hit], qvec) -> tuple[list[tuple[float, str, int]], float, int]:
+    def _evidence(self, question: str, hits: list[Hit], qvec, fused: int | None = None
+                  ) -> tuple[list[tuple[float, str, int]], float, int]:
         """Candidate answer passages (windows of 1..evidence_window consecutive sentences of one hit), scored by
         embedding similarity to the question and by the question's rare terms they contain (IDF over the whole
-        bot): [(score, passage, hit#)], best first; also the best passage's similarity and the number of
+        bot): [(score, passage, hit#)], best first. Sentences come from the top `evidence_hits` of the first
+        `fused` hits and from every hit after those (the rescued ones); also the best passage's similarity and the number of
         instruction-like sentences dropped from the hits."""
         units: list[tuple[str, str, int]] = []
         removed = 0
-        for i, h in enumerate(hits[: self.settings.evidence_hits]):
+        fused = len(hits) if fused is None else fused
+        for i, h in enumerate(hits):
+            if self.settings.evidence_hits <= i < fused:
+                continue  # lower fused hits: context for the model, not quotable evidence
             clean, n = g.strip_injections(h.text)
             removed += n
             path = heading_path(h.title, h.heading)
@@ -172,6 +177,37 @@ class RagStrategy(Strategy):
                          for (_, text, i), c, lx in zip(units, cosines, lexical)), key=lambda x: -x[0])
         best_cos = max(cosines)
         return scored, best_cos, removed
+
+    def _widen(self, retrieval) -> list[Hit]:
+        """The fused hits, plus any chunk that dense or BM25 search alone ranks in its top `evidence_rescue`:
+        on a small knowledge base one retriever is often sure of the answer while fusion buries it under
+        chunks both rank as mediocre. The rescued chunks are candidate evidence only; scoring decides."""
+        hits = list(retrieval.hits)
+        n = self.settings.evidence_rescue
+        if n <= 0:
+            return hits
+        have = {h.chunk_id for h in hits}
+        extra = []
+        for ranked in (retrieval.dense, retrieval.lexical):
+            for cid, score in ranked[:n]:
+                if cid not in have:
+                    have.add(cid)
+                    extra.append((cid, score))
+        return hits + self.store.get_hits(self.bot, extra) if extra else hits
+
+    def _quotes(self, evidence: list[tuple[float, str, int]], hits: list[Hit]) -> list[tuple[str, int]]:
+        """The best passage, and up to `quote_passages` - 1 more that score within `quote_margin` of it and share
+        no sentence with a passage already chosen: when two places answer about equally well, show both."""
+        chosen: list[tuple[float, str, int]] = []
+        for e in evidence:
+            if len(chosen) >= max(1, self.settings.quote_passages) or (
+                    chosen and e[0] < chosen[0][0] - self.settings.quote_margin):
+                break
+            sents = set(g.sentences(e[1]))
+            if any(c[2] == e[2] and sents & set(g.sentences(c[1])) for c in chosen):
+                continue
+            chosen.append(e)
+        return [(quote_text(text, hits[i]), i) for _, text, i in chosen]
 
     def _conflict(self, evidence: list[tuple[float, str, int]], hits: list[Hit]) -> tuple[int, int] | None:
         """Two top passages from different documents that state different facts in the same words: answering
@@ -215,8 +251,8 @@ class RagStrategy(Strategy):
         query = condense(q, history)
         qvec = self.embedder.embed_query(query) if self.embedder is not None else None
         retrieval = self.retriever.search(self.bot, query, k=self.settings.top_k, vector=qvec)
-        hits = retrieval.hits
-        evidence, similarity, injections = self._evidence(query, hits, qvec)
+        hits = self._widen(retrieval)
+        evidence, similarity, injections = self._evidence(query, hits, qvec, len(retrieval.hits))
         best = evidence[0] if evidence else (0.0, "", 0)
         t_retrieve = (time.perf_counter() - started) * 1000
         info = {"support": round(best[0], 3), "similarity": round(similarity, 3), "injections_removed": injections}
@@ -242,8 +278,9 @@ class RagStrategy(Strategy):
         quote = (quote_text(best[1], hits[best[2]]), best[2])
         kept: list[tuple[str, int]] = []  # (sentence without markers, supporting hit index), in answer order
         if self.mode in ("extract", "quote"):  # the evidence first: it is ready before the model starts
-            kept.append(quote)
-            yield _with_marker(*quote, cite_order=_order(kept))
+            for n, item in enumerate(self._quotes(evidence, hits)):
+                kept.append(item)
+                yield (" " if n else "") + _with_marker(*item, cite_order=_order(kept))
         if self.mode == "extract":
             yield finish(*self._render(kept, hits), False)
             return
