@@ -33,6 +33,9 @@ def emit(args: argparse.Namespace, data: Any, text: str | Callable[[], str]) -> 
 
 
 # --------------------------------------------------------------------------- parser
+MODEL_HELP = "generator: smollm2 | qwen-0.5b | echo | openai, or a path to a .gguf file"  # every --model that answers
+
+
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--bot", help="bot (named knowledge base) to use; default: default")

@@ -50,7 +50,7 @@ def _add_parsers(sub, bench, common) -> None:
                    help="with --changed-docs: also retrain the adapter on the changed copy and measure the time "
                    "and accuracy (default: the adapter's own training time is reported as the retraining time)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report (charts, every answer)")
-    p.add_argument("--model", help="generator: smollm2 | qwen-0.5b | echo | openai, or a path to a .gguf file")
+    p.add_argument("--model", help=cli.MODEL_HELP)
 
     p = sub.add_parser("runs", parents=[common], help="list a bot's comparison runs, or reopen one",
                        description="Without RUN_ID: the bot's runs, newest first, with their status (a run that "

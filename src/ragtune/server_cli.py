@@ -22,7 +22,7 @@ def _add_parsers(sub, bench, common) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; another address "
                    "needs RAGTUNE_ADMIN_KEY)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--model", help="generator: smollm2 | qwen-0.5b | echo | openai, or a path to a .gguf file")
+    p.add_argument("--model", help=cli.MODEL_HELP)
 
     k = sub.add_parser("keys", help="API keys and widget tokens of a bot",
                        description="A bot key reaches only its bot's API; a widget token (--widget) only chats with "
