@@ -319,6 +319,14 @@ def test_pages_have_csp_and_widget_frame_may_be_embedded(client):
     assert js.headers["content-type"].startswith("text/javascript") and "data-token" in js.text
     assert client.get("/static/render.js").status_code == 200
     assert client.get("/static/chat.html").status_code == 404 and client.get("/static/../app.py").status_code == 404
+    # pages are put together from shared parts: the conversation (chat and widget), the key box (chat and admin)
+    pages = {path: client.get(path).text for path in ("/chat", "/admin", "/widget/frame?bot=demo")}
+    assert all(t.startswith("<!doctype html>") and "include" not in t and "$" not in t for t in pages.values())
+    assert ['id="keybox"' in t for t in pages.values()] == [True, True, False]
+    assert ['id="ask"' in t for t in pages.values()] == [True, False, True]
+    assert "<title>ragtune · admin</title>" in pages["/admin"]
+    assert 'class="widget-frame"' in pages["/widget/frame?bot=demo"]
+    assert client.get("/static/keybox.html").status_code == 404
 
 
 # ----------------------------------------------------------------------------------------------- keys

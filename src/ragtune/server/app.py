@@ -5,10 +5,12 @@ and the chat, admin and widget pages (static/), each with a Content-Security-Pol
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+from string import Template
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -176,14 +178,36 @@ def _errors(app: FastAPI) -> None:
         return respond(request, 422, "invalid request: " + "; ".join(problems))
 
 
+# Each page is its file in static/ (what it includes resolved) inside the shared head and body of page.html,
+# with its title and body attributes: the chat page and the widget's frame share the conversation, the chat
+# and admin pages the key box.
+PAGES = {
+    "chat.html": ("ragtune · chat", 'data-mode="page" class="chat-page"'),
+    "widget-frame.html": ("chat", 'data-mode="widget" class="widget-frame"'),
+    "admin.html": ("ragtune · admin", 'class="admin-page"'),
+}
+_INCLUDE = re.compile(r"^<!-- include ([\w.-]+\.html) -->$", re.MULTILINE)
+
+
+def render_page(name: str) -> str:
+    """The HTML of page `name` (a key of PAGES): its includes inlined (one level), inside page.html."""
+    def read(file: str) -> str:
+        return (STATIC / file).read_text(encoding="utf-8").rstrip("\n")
+
+    title, body = PAGES[name]
+    content = _INCLUDE.sub(lambda m: read(m.group(1)), read(name))
+    return Template(read("page.html") + "\n").substitute(title=title, body=body, content=content)
+
+
 def _pages(app: FastAPI) -> None:
     files = {p.name for p in STATIC.iterdir() if p.is_file()} if STATIC.is_dir() else set()
     common = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
+    html = {name: render_page(name).encode("utf-8") for name in PAGES}  # put together once, served from memory
 
     def page(name: str, csp: str = PAGE_CSP) -> Response:
         extra = {} if csp is FRAME_CSP else {"x-frame-options": "DENY"}
-        return FileResponse(STATIC / name, media_type="text/html; charset=utf-8",
-                            headers={**common, **extra, "content-security-policy": csp, "cache-control": "no-cache"})
+        return Response(html[name], media_type="text/html; charset=utf-8",
+                        headers={**common, **extra, "content-security-policy": csp, "cache-control": "no-cache"})
 
     @app.get("/", include_in_schema=False)
     def index():
