@@ -92,7 +92,7 @@ class Settings:
         "(supported model sentences, else the quote), generate (supported model sentences, else abstain)",
         ("auto", "generate", "extract", "quote"),
     )
-    min_support: float = _f(0.55, "abstain when the best evidence passage scores below this (similarity to the "
+    min_support: float = _f(0.6, "abstain when the best evidence passage scores below this (similarity to the "
                             "question blended with the share of its rare terms, 0..1)")
     conflict_margin: float = _f(0.05, "passages scoring within this of the best are checked for disagreeing facts")
     answer_type_bonus: float = _f(0.1, "evidence bonus for a passage holding the kind of value asked for "
