@@ -376,3 +376,18 @@ def test_unused_example_and_dataset_types_are_frozen():
     assert ds.summary()["kinds"] == {"fact": 1}
     train, held = held_out_split([ex], 0.5, 0)
     assert train == [ex] and held == []
+
+
+def test_a_batch_is_cut_into_passes_within_the_token_budget_and_weighted_to_its_mean():
+    from ragtune.train.lora import IGNORE, _answer_tokens, _micro_batches
+
+    rows = [(list(range(n)), [IGNORE] * (n - a) + list(range(a))) for n, a in
+            [(900, 10), (40, 5), (1000, 20), (60, 6), (300, 7), (2500, 3)]]
+    parts = _micro_batches(rows, 2048)
+    assert sorted(len(r[0]) for p in parts for r in p) == sorted(len(r[0]) for r in rows)  # every row, once
+    for p in parts:  # padded to the longest row of its pass; only a row longer than the budget is over it
+        assert len(p) * max(len(r[0]) for r in p) <= 2048 or len(p) == 1
+    assert len(parts) > 1 and any(len(p) > 1 for p in parts)
+    weights = [_answer_tokens(p) / _answer_tokens(rows) for p in parts]
+    assert abs(sum(weights) - 1.0) < 1e-9 and _answer_tokens(rows) == 10 + 5 + 20 + 6 + 7 + 3
+    assert len(_micro_batches(rows, 10 ** 6)) == 1

@@ -45,6 +45,9 @@ class TrainConfig:
     max_minutes: float = _f(11.0, "wall-clock budget of the training loop (resumed runs count their earlier time); "
                             "training stops with the best weights so far when it is spent")
     batch_size: int = _f(8, "examples per step")
+    micro_batch_tokens: int = _f(2048, "most padded tokens in one forward/backward pass: a step accumulates the "
+                                 "gradients of as many passes as its batch needs (the same update, less memory "
+                                 "for long RAFT examples)")
     learning_rate: float = _f(2e-3, "AdamW learning rate (constant after warm-up)")
     warmup_steps: int = _f(10, "linear learning-rate warm-up")
     rank: int = _f(16, "LoRA rank")
@@ -69,6 +72,8 @@ class TrainConfig:
             raise ConfigError("steps must be at least 1")
         if self.batch_size < 1 or self.rank < 1:
             raise ConfigError("batch_size and rank must be at least 1")
+        if self.micro_batch_tokens < 1:
+            raise ConfigError("micro_batch_tokens must be at least 1")
         if not 0 < self.learning_rate < 1:
             raise ConfigError("learning_rate must be between 0 and 1")
         if self.max_minutes <= 0:
@@ -198,6 +203,21 @@ def _loss(torch, model, ids, labels, mask):
     return torch.nn.functional.cross_entropy(logits.float(), target[keep])
 
 
+def _micro_batches(rows: Sequence[tuple[list[int], list[int]]], max_tokens: int) -> list[list]:
+    """Cut one batch into passes of at most `max_tokens` padded tokens (a row longer than that is a pass alone)."""
+    out: list[list] = []
+    for row in sorted(rows, key=lambda r: len(r[0])):
+        if out and (len(out[-1]) + 1) * len(row[0]) <= max_tokens:
+            out[-1].append(row)
+        else:
+            out.append([row])
+    return out
+
+
+def _answer_tokens(rows: Sequence[tuple[list[int], list[int]]]) -> int:
+    return sum(sum(1 for t in labels[1:] if t != IGNORE) for _, labels in rows)
+
+
 # --------------------------------------------------------------------------- training
 def _batches(lengths: Sequence[int], batch_size: int, seed: int, step: int) -> list[int]:
     """Example indices of optimizer step `step` (0-based). Each epoch is a seeded permutation cut into windows of
@@ -286,8 +306,7 @@ def train_lora(dataset: Dataset, config: TrainConfig, base: BaseModel, work: Pat
         model.eval()
         total = count = 0.0
         with torch.no_grad():
-            for i in range(0, len(held), config.batch_size):
-                rows = held[i: i + config.batch_size]
+            for rows in _micro_batches(held, config.micro_batch_tokens):
                 ids, labels, mask = _collate(torch, rows, tok.pad_token_id, device)
                 n = int((labels[:, 1:] != IGNORE).sum())
                 total += float(_loss(torch, model, ids, labels, mask)) * n
@@ -327,15 +346,19 @@ def train_lora(dataset: Dataset, config: TrainConfig, base: BaseModel, work: Pat
                 n_threads = trial[len(timings)]
                 torch.set_num_threads(n_threads)
             rows = [train[i] for i in _batches(lengths, config.batch_size, config.seed, state["step"])]
-            ids, labels, mask = _collate(torch, rows, tok.pad_token_id, device)
-            loss = _loss(torch, model, ids, labels, mask)
-            loss.backward()
+            scored = max(1, _answer_tokens(rows))
+            loss_value = 0.0
+            for part in _micro_batches(rows, config.micro_batch_tokens):  # the batch mean, accumulated pass by pass
+                ids, labels, mask = _collate(torch, part, tok.pad_token_id, device)
+                loss = _loss(torch, model, ids, labels, mask) * (_answer_tokens(part) / scored)
+                loss.backward()
+                loss_value += float(loss.detach())
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
-            last_loss = float(loss.detach())
+            last_loss = loss_value
             step_seconds = time.perf_counter() - t0
             if calibrating and state["step"] > resumed_from + 1:  # the very first step pays one-off set-up costs
                 timings[n_threads] = step_seconds
