@@ -246,6 +246,17 @@ def test_admin_page_lists_sources_and_conversations(page, site):
     assert not page.errors
 
 
+def test_api_docs_render_offline(page, site):
+    """Swagger UI loads its script and styles from this server (the page fixture aborts anything else)."""
+    page.goto(f"{site['url']}/docs")
+    page.locator(".swagger-ui .info .title").wait_for()
+    assert "ragtune" in page.locator(".swagger-ui .info .title").inner_text()
+    page.locator(".opblock").first.wait_for()
+    assert page.locator(".opblock").count() > 10
+    assert any("/docs-assets/swagger-ui-bundle.js" in u for u in page.requests)
+    assert not page.errors
+
+
 def test_free_port_helper_is_loopback():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

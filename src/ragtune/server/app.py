@@ -27,6 +27,7 @@ from ..store import Bot, Store
 from .auth import AuthMiddleware, Principal, error_body, unknown_bot
 
 STATIC = Path(__file__).with_name("static")
+DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc files from the fastapi-offline package
 CHAT_WORKERS = 128  # streams answered at once; beyond that requests wait for a worker
 
 # No inline script or style, nothing from another origin: an answer that smuggles markup cannot run or load.
@@ -120,7 +121,10 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder:
             services.close()
             holder.clear()
 
-    app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan,
+    from fastapi_offline import FastAPIOffline  # /docs and /redoc with their assets served here (no CDN)
+
+    app = FastAPIOffline(title="ragtune", version=__version__, lifespan=lifespan, static_url=DOCS_ASSETS,
+                         redoc_url=None,  # ReDoc fetches its logo from a CDN; Swagger UI is fully local
                   description="Support bots over your documents: REST, OpenAI-compatible chat, pages and widget. "
                   "Send `Authorization: Bearer KEY` (a bot key from `ragtune keys create`, or the admin key).")
 

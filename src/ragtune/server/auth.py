@@ -96,7 +96,8 @@ class RateLimiter:
 
 # ------------------------------------------------------------------------------------------ middleware
 # Pages and docs anyone may load (they hold no data; the API calls they make are authenticated).
-_PUBLIC = re.compile(r"^/(healthz|chat|admin|widget\.js|widget/frame|static/[\w.-]+|docs|openapi\.json|favicon\.ico)?$")
+_PUBLIC = re.compile(r"^/(healthz|chat|admin|widget\.js|widget/frame|static/[\w.-]+|docs|docs/oauth2-redirect|"
+                     r"docs-assets/[\w.-]+|openapi\.json|favicon\.ico)?$")
 # Bot-scoped API paths carry the bot name here.
 _BOT_PATH = re.compile(r"^/api/bots/([^/]+)(/.*)?$")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
