@@ -80,6 +80,24 @@ def test_healthz_and_openapi(client):
         assert path in paths, path
 
 
+def test_cors_only_for_configured_origins(home):
+    preflight = {"Origin": "https://app.example.test", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    with local_client(app_for(home)) as c:  # default: no CORS headers at all
+        r = c.options("/v1/chat/completions", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
+    with local_client(app_for(home, cors_origins="https://app.example.test, https://other.test/")) as c:
+        r = c.options("/v1/chat/completions", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.test"
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        r = c.options("/v1/chat/completions", headers={**preflight, "Origin": "https://evil.test"})
+        assert r.headers.get("access-control-allow-origin") != "https://evil.test"
+        r = c.get("/v1/models", headers={"Origin": "https://app.example.test"})  # no key from loopback: allowed
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.test"
+        r = c.get("/v1/models", headers={"Origin": "https://other.test"})
+        assert r.headers["access-control-allow-origin"] == "https://other.test"
+
+
 def test_chat_streams_tokens_then_done_with_citations_and_stores_the_conversation(home):
     with local_client(app_for(home, PacedGenerator(delay=0))) as c:
         r = c.post("/api/bots/demo/chat", json={"message": BATTERY_Q})

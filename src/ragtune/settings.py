@@ -117,6 +117,9 @@ class Settings:
     rate_limit: int = _f(120, "requests per minute one key (or one widget visitor) may make to `ragtune serve`; "
                          "0 = unlimited")
     max_request_kb: int = _f(256, "largest request body `ragtune serve` accepts, in KB (uploads: max_file_mb)")
+    cors_origins: str = _f("", "comma-separated web origins whose pages may call `ragtune serve`'s API from the "
+                           "browser (CORS), e.g. https://app.example.com; * = any; empty = none (the widget "
+                           "needs none)")
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -138,6 +138,12 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder:
     app.add_middleware(AuthMiddleware, store_getter=store_getter, admin_key=settings.admin_key,
                        rate_limit=settings.rate_limit, max_body=settings.max_request_kb * 1024,
                        max_upload=int(settings.max_file_mb * mb) + mb)
+    origins = [o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # outermost, so a browser's preflight is answered before authentication (it carries no key)
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "PUT", "PATCH",
+                           "DELETE"], allow_headers=["Authorization", "Content-Type"], max_age=600)
     _errors(app)
     from .openai_api import router as openai_router
     from .rest import router as rest_router
