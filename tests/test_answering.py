@@ -231,3 +231,35 @@ def test_real_default_model_answers_with_citation_or_abstains(kb, settings):
     assert "4.5 hours" in a.answer
     b = s.answer("Which submarine models do you rent in Japan?")
     assert b.abstained and b.citations == ()
+
+
+def test_passages_that_name_different_facts_in_the_same_words_conflict():
+    from ragtune import grounding as g
+
+    a = "Apr 9, 2012 ... “Apple announced today that it has reached an agreement to acquire Instagram, a photo app."
+    b = "Apr 9, 2012 ... “Facebook announced today that it has reached an agreement to acquire Instagram, a photo app."
+    assert g.conflict(a, b, 0.7)  # the names inside curly quotes are facts too
+    assert g.conflict("The City plan costs $39 per month.", "The City plan costs $42 per month.", 0.7)
+    assert not g.conflict("The City plan costs $39 per month.", "Delivery takes 5 to 7 business days.", 0.7)
+    assert not g.conflict(a, a, 0.7)
+
+
+def test_disagreeing_sources_within_the_quote_margin_hand_off(tmp_path, settings):
+    """An outdated copy beside the current page: quoting either (or both) would mislead, so the bot hands off."""
+    from ragtune.store.sqlite import SQLiteStore
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "pricing.md").write_text("# Pricing\n\nThe Nimbus plan costs $39 per month, billed monthly.\n")
+    (docs / "pricing-old.md").write_text("# Pricing (2023)\n\nThe Nimbus plan costs $35 per month, billed monthly.\n")
+    (docs / "other.md").write_text("# Delivery\n\nDelivery takes 5 to 7 business days.\n")
+    s = settings.replace(home=str(tmp_path / "home"), embedder="hash")
+    store = SQLiteStore(tmp_path / "rt.db")
+    bot = store.ensure_bot("b")
+    emb = HashEmbedder()
+    register_sources(store, bot, [str(docs)], s)
+    sync_bot(store, s, bot, embedder=emb)
+    a = RagStrategy(store, bot, s.replace(min_support=0.0), emb, EchoGenerator(), answer_mode="extract").answer(
+        "How much does the Nimbus plan cost per month?")
+    assert a.abstained and a.extra["evidence"]["reason"] == "sources disagree"
+    store.close()

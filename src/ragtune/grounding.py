@@ -145,7 +145,7 @@ def _facts(text: str) -> set[str]:
     out = set(numbers(text))
     tokens = text.split()
     for i, tok in enumerate(tokens):
-        word = tok.strip(".,;:!?()\"'")
+        word = tok.strip(".,;:!?()[]{}\"'“”‘’«»…*_`")
         if i > 0 and word[:1].isupper() and word.lower() not in STOPWORDS:
             out.add(word.lower())
     return out

@@ -214,7 +214,10 @@ class RagStrategy(Strategy):
         from either would be a coin toss (e.g. an outdated copy beside the current page), so hand off."""
         if not evidence:
             return None
-        top = [e for e in evidence[:12] if e[0] >= evidence[0][0] - self.settings.conflict_margin]
+        margin = self.settings.conflict_margin  # every passage that could be quoted is checked
+        if self.settings.quote_passages > 1 and self.mode in ("extract", "quote"):
+            margin = max(margin, self.settings.quote_margin)
+        top = [e for e in evidence[:12] if e[0] >= evidence[0][0] - margin]
         for a in range(len(top)):
             for b in range(a + 1, len(top)):
                 ia, ib = top[a][2], top[b][2]
