@@ -263,3 +263,12 @@ def test_disagreeing_sources_within_the_quote_margin_hand_off(tmp_path, settings
         "How much does the Nimbus plan cost per month?")
     assert a.abstained and a.extra["evidence"]["reason"] == "sources disagree"
     store.close()
+
+
+def test_a_sentence_naming_another_name_in_the_evidence_words_is_not_supported():
+    from ragtune import grounding as g
+
+    ev = ["New Vanguard CEO Tim Buckley: there are so many brilliant people in this business."]
+    assert g.support("The new CEO of Vanguard is Abigail Johnson.", ev) == 0.0
+    assert g.support("The new CEO of Vanguard is Tim Buckley.", ev) == 1.0
+    assert g.support("A full charge takes about 4.5 hours.", ["A full charge takes about 4 hours."]) == 0.0

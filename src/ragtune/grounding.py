@@ -89,15 +89,16 @@ def strip_injections(text: str) -> tuple[str, int]:
 
 def support(sentence: str, evidence: Iterable[str]) -> float:
     """How well the evidence supports one sentence: the best share of the sentence's content terms found in
-    one evidence sentence; 0 when the sentence states a number that no evidence sentence has."""
+    one evidence sentence whose words hold every number and name the sentence states (a sentence that puts
+    another name in a retrieved sentence's words is not supported by it)."""
     terms = set(content_terms(sentence))
-    nums = numbers(sentence)
+    facts = _facts(sentence)
     if not terms:
         return 1.0
     best = 0.0
     for ev in evidence:
         ev_terms = set(content_terms(ev))
-        if nums and not nums <= numbers(ev):
+        if facts and not facts <= (numbers(ev) | set(words(ev))):
             continue
         best = max(best, len(terms & ev_terms) / len(terms))
     return best

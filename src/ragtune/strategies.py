@@ -196,8 +196,9 @@ class RagStrategy(Strategy):
         return hits + self.store.get_hits(self.bot, extra) if extra else hits
 
     def _quotes(self, evidence: list[tuple[float, str, int]], hits: list[Hit]) -> list[tuple[str, int]]:
-        """The best passage, and up to `quote_passages` - 1 more that score within `quote_margin` of it and share
-        no sentence with a passage already chosen: when two places answer about equally well, show both."""
+        """The best passage, and up to `quote_passages` - 1 more from the same document that score within
+        `quote_margin` of it and share no sentence with a passage already chosen: when two places of the page
+        answer about equally well (the neighbouring section often holds the asked-for value), show both."""
         chosen: list[tuple[float, str, int]] = []
         for e in evidence:
             if len(chosen) >= max(1, self.settings.quote_passages) or (
@@ -206,6 +207,8 @@ class RagStrategy(Strategy):
             sents = set(g.sentences(e[1]))
             if any(c[2] == e[2] and sents & set(g.sentences(c[1])) for c in chosen):
                 continue
+            if chosen and hits[e[2]].document_id != hits[chosen[0][2]].document_id:
+                continue  # more context from the same page; another page might be an outdated or wrong copy
             chosen.append(e)
         return [(quote_text(text, hits[i]), i) for _, text, i in chosen]
 
