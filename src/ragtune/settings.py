@@ -106,8 +106,8 @@ class Settings:
     evidence_hits: int = _f(4, "top hits whose sentences are candidate evidence")
     evidence_rescue: int = _f(2, "chunks that dense or BM25 search alone ranks this high are candidate evidence "
                               "even when fusion ranks them lower (0 = fused hits only)")
-    quote_passages: int = _f(2, "most evidence passages quoted (from different places) when they score within "
-                             "quote_margin of the best")
+    quote_passages: int = _f(2, "most evidence passages quoted (from different places of the best passage's "
+                             "document) when they score within quote_margin of the best")
     quote_margin: float = _f(0.1, "a further passage is quoted only when it scores within this of the best")
     progress: bool = _f(True, "show progress bars on long work (RAGTUNE_NO_PROGRESS=1 turns them off)")
     # serving

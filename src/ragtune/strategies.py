@@ -147,8 +147,8 @@ class RagStrategy(Strategy):
         """Candidate answer passages (windows of 1..evidence_window consecutive sentences of one hit), scored by
         embedding similarity to the question and by the question's rare terms they contain (IDF over the whole
         bot): [(score, passage, hit#)], best first. Sentences come from the top `evidence_hits` of the first
-        `fused` hits and from every hit after those (the rescued ones); also the best passage's similarity and the number of
-        instruction-like sentences dropped from the hits."""
+        `fused` hits and from every hit after those (the rescued ones). Also returns the best passage's
+        similarity and the number of instruction-like sentences dropped from the hits."""
         units: list[tuple[str, str, int]] = []
         removed = 0
         fused = len(hits) if fused is None else fused
@@ -217,7 +217,9 @@ class RagStrategy(Strategy):
         from either would be a coin toss (e.g. an outdated copy beside the current page), so hand off."""
         if not evidence:
             return None
-        margin = self.settings.conflict_margin  # every passage that could be quoted is checked
+        # when answers quote evidence, a passage of another document that scores within the quote margin and
+        # says otherwise makes the quote a coin toss too
+        margin = self.settings.conflict_margin
         if self.settings.quote_passages > 1 and self.mode in ("extract", "quote"):
             margin = max(margin, self.settings.quote_margin)
         top = [e for e in evidence[:12] if e[0] >= evidence[0][0] - margin]

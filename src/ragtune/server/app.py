@@ -27,7 +27,7 @@ from ..store import Bot, Store
 from .auth import AuthMiddleware, Principal, error_body, unknown_bot
 
 STATIC = Path(__file__).with_name("static")
-DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc files from the fastapi-offline package
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's files, served from the fastapi-offline package
 CHAT_WORKERS = 128  # streams answered at once; beyond that requests wait for a worker
 
 # No inline script or style, nothing from another origin: an answer that smuggles markup cannot run or load.
@@ -121,7 +121,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder:
             services.close()
             holder.clear()
 
-    from fastapi_offline import FastAPIOffline  # /docs and /redoc with their assets served here (no CDN)
+    from fastapi_offline import FastAPIOffline  # /docs with its assets served here (no CDN)
 
     app = FastAPIOffline(title="ragtune", version=__version__, lifespan=lifespan, static_url=DOCS_ASSETS,
                          redoc_url=None,  # ReDoc fetches its logo from a CDN; Swagger UI is fully local

@@ -308,7 +308,7 @@ def train_lora(dataset: Dataset, config: TrainConfig, base: BaseModel, work: Pat
         with torch.no_grad():
             for rows in _micro_batches(held, config.micro_batch_tokens):
                 ids, labels, mask = _collate(torch, rows, tok.pad_token_id, device)
-                n = int((labels[:, 1:] != IGNORE).sum())
+                n = _answer_tokens(rows)
                 total += float(_loss(torch, model, ids, labels, mask)) * n
                 count += n
         model.train()
