@@ -238,10 +238,10 @@ def test_passages_that_name_different_facts_in_the_same_words_conflict():
 
     a = "Apr 9, 2012 ... “Apple announced today that it has reached an agreement to acquire Instagram, a photo app."
     b = "Apr 9, 2012 ... “Facebook announced today that it has reached an agreement to acquire Instagram, a photo app."
-    assert g.conflict(a, b, 0.7)  # the names inside curly quotes are facts too
-    assert g.conflict("The City plan costs $39 per month.", "The City plan costs $42 per month.", 0.7)
-    assert not g.conflict("The City plan costs $39 per month.", "Delivery takes 5 to 7 business days.", 0.7)
-    assert not g.conflict(a, a, 0.7)
+    assert g.conflict(a, b)  # the names inside curly quotes are facts too
+    assert g.conflict("The City plan costs $39 per month.", "The City plan costs $42 per month.")
+    assert not g.conflict("The City plan costs $39 per month.", "Delivery takes 5 to 7 business days.")
+    assert not g.conflict(a, a)
 
 
 def test_disagreeing_sources_within_the_quote_margin_hand_off(tmp_path, settings):
@@ -272,3 +272,29 @@ def test_a_sentence_naming_another_name_in_the_evidence_words_is_not_supported()
     assert g.support("The new CEO of Vanguard is Abigail Johnson.", ev) == 0.0
     assert g.support("The new CEO of Vanguard is Tim Buckley.", ev) == 1.0
     assert g.support("A full charge takes about 4.5 hours.", ["A full charge takes about 4 hours."]) == 0.0
+
+
+def test_a_short_sentence_whose_words_recur_in_a_longer_passage_is_no_conflict():
+    from ragtune import grounding as g
+
+    short = "Install Poetry 2.0 with pipx install poetry."
+    long = ("With pipx you can add a plugin to the Poetry installation: pipx inject poetry poetry-plugin-export. "
+            "Plugins extend Poetry with new commands.")
+    assert not g.conflict(short, long)
+
+
+def test_sentences_join_wrapped_lines_keep_identifiers_and_read_code_with_its_sentence():
+    from ragtune import grounding as g
+
+    text = ("If you only want the runtime dependencies, you can do so with the\n`--only main` notation:\n\n"
+            "```bash\npoetry install --only main\n```\n\n"
+            "1. Environment variables (for example, `POETRY_VIRTUALENVS_CREATE`)\n2. The local file\n   continued.\n\n"
+            "| Value | Meaning |\n|---|---|\n| `-1` | quiet |\n")
+    assert g.sentences(text) == [
+        "If you only want the runtime dependencies, you can do so with the --only main notation: "
+        "poetry install --only main",
+        "Environment variables (for example, POETRY_VIRTUALENVS_CREATE)",
+        "The local file continued.",
+        "Value | Meaning",
+        "-1 | quiet",
+    ]

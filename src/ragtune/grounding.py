@@ -7,14 +7,18 @@ import functools
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .store.sqlite import STOPWORDS
 
-_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9`])|\n+")
+_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9`])")
+_FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
+_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+_TABLE_RULE = re.compile(r"^\s*\|?[\s:|-]+\|[\s:|-]*$")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.']*[A-Za-z0-9]|[A-Za-z0-9]")
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
-_MD = re.compile(r"^\s*(?:[-*+>#]+|\d+\.)\s+|[*_`]+")
+_MD = re.compile(r"^\s*(?:[-*+>#]+|\d+[.)])\s+|[*`]+|(?<![A-Za-z0-9])_+|_+(?![A-Za-z0-9])")
+CODE_ATTACH_CHARS = 240  # a code block at most this long is read with the sentence before it
 
 # Instruction-like text aimed at the assistant. Retrieved text is data: such sentences never reach the prompt
 # and are never quoted as an answer.
@@ -67,13 +71,77 @@ def numbers(text: str) -> set[str]:
 
 
 def sentences(text: str) -> list[str]:
-    """Split into sentences and list items; Markdown markers stripped; very short fragments dropped."""
-    out = []
-    for part in _SENT_END.split(text):
-        s = _MD.sub("", part or "").strip()
-        if len(s) >= 3 and re.search(r"[A-Za-z0-9]", s):
-            out.append(s)
+    """Split text (plain or Markdown) into sentences, list items and table rows; Markdown markers stripped, very
+    short fragments dropped. Hard-wrapped paragraph lines are joined first, and a short code block is read with
+    the sentence before it ("…you can do so with: poetry install --only main"): in documentation the command
+    or setting a sentence introduces is usually the answer."""
+    out: list[str] = []
+    with_code: set[int] = set()  # indexes of sentences that already carry a code block
+    for kind, block in _blocks(text):
+        if kind == "code":
+            code = "; ".join(ln.strip() for ln in block.split("\n") if ln.strip())
+            if not re.search(r"[A-Za-z0-9]", code):
+                continue
+            if out and len(code) <= CODE_ATTACH_CHARS and len(out) - 1 not in with_code:
+                out[-1] = f"{out[-1]} {code}"
+            else:
+                out.append(code)
+            with_code.add(len(out) - 1)
+            continue
+        for part in (_SENT_END.split(block) if kind == "prose" else [block]):
+            s = _MD.sub("", part or "").strip()
+            if len(s) >= 3 and re.search(r"[A-Za-z0-9]", s):
+                out.append(s)
     return out
+
+
+def _blocks(text: str) -> Iterator[tuple[str, str]]:
+    """("prose" | "item" | "row" | "code", text) blocks in order: paragraphs with their wrapped lines joined,
+    list items with their continuation lines, table rows (cells joined by " | "), fenced code verbatim."""
+    para: list[str] = []
+    fence: str | None = None
+    code: list[str] = []
+    kind = "prose"
+
+    def flush():
+        nonlocal para
+        if para:
+            yield kind, " ".join(para)
+            para = []
+
+    for line in text.split("\n"):
+        if fence is not None:
+            if line.strip().startswith(fence) and not line.strip().lstrip(fence[0]):
+                yield "code", "\n".join(code)
+                fence, code = None, []
+            else:
+                code.append(line)
+            continue
+        m = _FENCE.match(line)
+        if m:
+            yield from flush()
+            fence = m.group(1)
+            continue
+        stripped = line.strip()
+        if not stripped:
+            yield from flush()
+            continue
+        if stripped.startswith("|"):
+            yield from flush()
+            if not _TABLE_RULE.match(stripped):
+                yield "row", " | ".join(c.strip() for c in stripped.strip("|").split("|") if c.strip())
+            continue
+        if _ITEM.match(line) or stripped.startswith("#"):
+            yield from flush()
+            kind = "item"
+            para = [stripped]
+            continue
+        if not para:
+            kind = "prose"
+        para.append(stripped)
+    if fence is not None and code:
+        yield "code", "\n".join(code)
+    yield from flush()
 
 
 def is_injection(text: str) -> bool:
@@ -153,11 +221,13 @@ def _facts(text: str) -> set[str]:
 
 
 def conflict(a: str, b: str, min_overlap: float = 0.5) -> bool:
-    """Two passages that say mostly the same thing but name different facts (numbers, names) disagree."""
+    """Two passages that say mostly the same thing (at least `min_overlap` of their content terms shared, over
+    both passages' terms) but name different facts (numbers, names) disagree. Measured over the union, not the
+    shorter passage: a short sentence whose words recur in a long passage of another page is not a rewrite."""
     ta, tb = set(content_terms(a)), set(content_terms(b))
     if not ta or not tb:
         return False
-    if len(ta & tb) / min(len(ta), len(tb)) < min_overlap:
+    if len(ta & tb) / len(ta | tb) < min_overlap:
         return False
     fa, fb = _facts(a), _facts(b)
     return bool(fa - fb) and bool(fb - fa)

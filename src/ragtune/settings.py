@@ -87,8 +87,8 @@ class Settings:
                               ("auto", "llama.cpp", "transformers"))
     answer_mode: str = _f(
         "quote",
-        "how a rag answer is composed: quote (the best evidence passage, streamed at once, then the model's "
-        "sentences that relevant sources support and that add to it), extract (the quote alone, no model), auto "
+        "how a rag answer is composed: quote (the best evidence passage, streamed at once, then one sentence of "
+        "the model's, reading only the quoted chunks, that relevant sources support and that adds to it), extract (the quote alone, no model), auto "
         "(supported model sentences, else the quote), generate (supported model sentences, else abstain)",
         ("auto", "generate", "extract", "quote"),
     )
@@ -97,8 +97,8 @@ class Settings:
     conflict_margin: float = _f(0.05, "passages scoring within this of the best are checked for disagreeing facts")
     answer_type_bonus: float = _f(0.1, "evidence bonus for a passage holding the kind of value asked for "
                                   "(a duration for 'how long', a price for 'how much', ...)")
-    evidence_window: int = _f(2, "most consecutive sentences quoted as one evidence passage")
-    evidence_semantic_weight: float = _f(0.7, "weight of embedding similarity (vs rare-term overlap) in evidence scores")
+    evidence_window: int = _f(3, "most consecutive sentences quoted as one evidence passage")
+    evidence_semantic_weight: float = _f(0.8, "weight of embedding similarity (vs rare-term overlap) in evidence scores")
     min_support_when_model_declines: float = _f(
         0.75, "when the model says it doesn't know, quote evidence only if it covers this much of the question")
     relevance_margin: float = _f(0.1, "evidence that may support a generated sentence scores within this of the best")
@@ -106,9 +106,10 @@ class Settings:
     evidence_hits: int = _f(4, "top hits whose sentences are candidate evidence")
     evidence_rescue: int = _f(2, "chunks that dense or BM25 search alone ranks this high are candidate evidence "
                               "even when fusion ranks them lower (0 = fused hits only)")
-    quote_passages: int = _f(2, "most evidence passages quoted (from different places of the best passage's "
-                             "document) when they score within quote_margin of the best")
-    quote_margin: float = _f(0.1, "a further passage is quoted only when it scores within this of the best")
+    quote_passages: int = _f(2, "most evidence passages quoted when they score within quote_margin of the best")
+    quote_margin: float = _f(0.15, "a further passage is quoted only when it scores within this of the best")
+    quote_other_documents: bool = _f(True, "a further quoted passage may come from another document than the "
+                                     "best one (passages that disagree with it make the bot hand off instead)")
     progress: bool = _f(True, "show progress bars on long work (RAGTUNE_NO_PROGRESS=1 turns them off)")
     # serving
     admin_key: str = _f("", "key that reaches every bot and the admin routes of `ragtune serve` (env "

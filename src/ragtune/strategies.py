@@ -9,7 +9,7 @@ import time
 import unicodedata
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from . import grounding as g
 from .errors import ConfigError, InputError
@@ -35,6 +35,16 @@ _FOLLOW_UP = re.compile(r"^\s*(and|what about|how about|also|or|but|same for|wha
 _FILLER = re.compile(r"^\s*((the\s+)?(short\s+)?answer(\s+to\s+(this|your)\s+question)?\s+is\s*:?|answer\s*:|"
                      r"according\s+to\s+(the\s+)?sources?(\s*\[\d+\])?\s*,?)\s*", re.IGNORECASE)
 ANSWER_MODES = ("auto", "generate", "extract", "quote")
+
+
+class Passage(NamedTuple):
+    """A candidate answer passage: `size` consecutive sentences of hit `hit` from sentence `start` on."""
+
+    score: float
+    text: str
+    hit: int
+    start: int = 0
+    size: int = 1
 
 
 @dataclass(frozen=True)
@@ -143,13 +153,13 @@ class RagStrategy(Strategy):
 
     # ------------------------------------------------------------------ evidence
     def _evidence(self, question: str, hits: list[Hit], qvec, fused: int | None = None
-                  ) -> tuple[list[tuple[float, str, int]], float, int]:
+                  ) -> tuple[list[Passage], float, int]:
         """Candidate answer passages (windows of 1..evidence_window consecutive sentences of one hit), scored by
         embedding similarity to the question and by the question's rare terms they contain (IDF over the whole
-        bot): [(score, passage, hit#)], best first. Sentences come from the top `evidence_hits` of the first
+        bot): passages, best first. Sentences come from the top `evidence_hits` of the first
         `fused` hits and from every hit after those (the rescued ones). Also returns the best passage's
         similarity and the number of instruction-like sentences dropped from the hits."""
-        units: list[tuple[str, str, int]] = []
+        units: list[tuple[str, str, int, int, int]] = []  # (heading path, text, hit, start, size)
         removed = 0
         fused = len(hits) if fused is None else fused
         for i, h in enumerate(hits):
@@ -162,19 +172,20 @@ class RagStrategy(Strategy):
             for j in range(len(sents)):
                 for w in range(1, self.settings.evidence_window + 1):
                     if j + w <= len(sents):
-                        units.append((path, " ".join(sents[j : j + w]), i))
+                        units.append((path, " ".join(sents[j : j + w]), i, j, w))
         if not units:
             return [], 0.0, removed
         idf = self._idf(question)
-        lexical = [g.coverage(question, f"{path} {text}", idf) for path, text, _ in units]
+        lexical = [g.coverage(question, f"{u[0]} {u[1]}", idf) for u in units]
         if self.embedder is not None and qvec is not None:
-            vecs = self.embedder.embed([f"{path}: {text}" for path, text, _ in units])
+            vecs = self.embedder.embed([f"{u[0]}: {u[1]}" for u in units])
             cosines = [float(c) for c in vecs @ qvec]
         else:
             cosines = lexical
         a, bonus = self.settings.evidence_semantic_weight, self.settings.answer_type_bonus
-        scored = sorted(((a * c + (1 - a) * lx + (bonus if g.answer_type_match(question, text) else 0.0), text, i)
-                         for (_, text, i), c, lx in zip(units, cosines, lexical)), key=lambda x: -x[0])
+        scored = sorted((Passage(a * c + (1 - a) * lx + (bonus if g.answer_type_match(question, text) else 0.0),
+                                 text, i, j, w)
+                         for (_, text, i, j, w), c, lx in zip(units, cosines, lexical)), key=lambda x: -x.score)
         best_cos = max(cosines)
         return scored, best_cos, removed
 
@@ -195,24 +206,34 @@ class RagStrategy(Strategy):
                     extra.append((cid, score))
         return hits + self.store.get_hits(self.bot, extra) if extra else hits
 
-    def _quotes(self, evidence: list[tuple[float, str, int]], hits: list[Hit]) -> list[tuple[str, int]]:
-        """The best passage, and up to `quote_passages` - 1 more from the same document that score within
-        `quote_margin` of it and share no sentence with a passage already chosen: when two places of the page
-        answer about equally well (the neighbouring section often holds the asked-for value), show both."""
-        chosen: list[tuple[float, str, int]] = []
-        for e in evidence:
-            if len(chosen) >= max(1, self.settings.quote_passages) or (
-                    chosen and e[0] < chosen[0][0] - self.settings.quote_margin):
+    def _quotes(self, evidence: list[Passage], hits: list[Hit]) -> list[tuple[str, int]]:
+        """The best passage, widened by any passage of the same chunk that overlaps or adjoins it and scores
+        within `quote_margin` (up to `evidence_window` sentences: the asked-for value is often in the next
+        sentence), then up to `quote_passages` - 1 more passages within the margin that repeat nothing already
+        chosen (from the same document only unless `quote_other_documents`)."""
+        s = self.settings
+        top = evidence[0]
+        floor = top.score - s.quote_margin
+        sents = g.sentences(g.strip_injections(hits[top.hit].text)[0])
+        lo, hi = top.start, top.start + top.size
+        for e in evidence[1:12]:
+            if e.score < floor:
                 break
-            sents = set(g.sentences(e[1]))
-            if any(c[2] == e[2] and sents & set(g.sentences(c[1])) for c in chosen):
+            if e.hit == top.hit and e.start <= hi and e.start + e.size >= lo and \
+                    max(hi, e.start + e.size) - min(lo, e.start) <= s.evidence_window:
+                lo, hi = min(lo, e.start), max(hi, e.start + e.size)
+        chosen = [top._replace(text=" ".join(sents[lo:hi]), start=lo, size=hi - lo)] if sents[lo:hi] else [top]
+        for e in evidence[1:]:
+            if len(chosen) >= max(1, s.quote_passages) or e.score < floor:
+                break
+            if any(c.hit == e.hit and c.start < e.start + e.size and e.start < c.start + c.size for c in chosen):
+                continue  # repeats a sentence already quoted
+            if not s.quote_other_documents and hits[e.hit].document_id != hits[top.hit].document_id:
                 continue
-            if chosen and hits[e[2]].document_id != hits[chosen[0][2]].document_id:
-                continue  # more context from the same page; another page might be an outdated or wrong copy
             chosen.append(e)
-        return [(quote_text(text, hits[i]), i) for _, text, i in chosen]
+        return [(quote_text(c.text, hits[c.hit]), c.hit) for c in chosen]
 
-    def _conflict(self, evidence: list[tuple[float, str, int]], hits: list[Hit]) -> tuple[int, int] | None:
+    def _conflict(self, evidence: list[Passage], hits: list[Hit]) -> tuple[int, int] | None:
         """Two top passages from different documents that state different facts in the same words: answering
         from either would be a coin toss (e.g. an outdated copy beside the current page), so hand off."""
         if not evidence:
@@ -226,7 +247,7 @@ class RagStrategy(Strategy):
         for a in range(len(top)):
             for b in range(a + 1, len(top)):
                 ia, ib = top[a][2], top[b][2]
-                if hits[ia].document_id != hits[ib].document_id and g.conflict(top[a][1], top[b][1], 0.7):
+                if hits[ia].document_id != hits[ib].document_id and g.conflict(top[a][1], top[b][1], 0.5):
                     return ia, ib
         return None
 
@@ -261,7 +282,7 @@ class RagStrategy(Strategy):
         retrieval = self.retriever.search(self.bot, query, k=self.settings.top_k, vector=qvec)
         hits = self._widen(retrieval)
         evidence, similarity, injections = self._evidence(query, hits, qvec, len(retrieval.hits))
-        best = evidence[0] if evidence else (0.0, "", 0)
+        best = evidence[0] if evidence else Passage(0.0, "", 0)
         t_retrieve = (time.perf_counter() - started) * 1000
         info = {"support": round(best[0], 3), "similarity": round(similarity, 3), "injections_removed": injections}
 
@@ -293,13 +314,16 @@ class RagStrategy(Strategy):
             yield finish(*self._render(kept, hits), False)
             return
 
-        context, used = self._pack(hits)
+        # quote mode: the model only adds to the quote, so it reads only the quoted chunks (prompt evaluation is
+        # most of a small CPU model's latency), and stops after one admitted sentence or three complete ones
+        quoting = self.mode == "quote" and bool(kept)
+        context, used = self._pack([hits[i] for i in _order(kept)] if quoting else hits)
         messages = [{"role": "system", "content": self.profile.system_prompt},
                     *[m for m in list(history)[-4:] if m.get("role") in ("user", "assistant")],
                     {"role": "user", "content": f"Sources:\n{context}\n\nQuestion: {q}"}]
         t0 = time.perf_counter()
         # a generated sentence must be supported by evidence that is itself relevant to the question
-        relevant = [(s, i) for score, s, i in evidence if score >= best[0] - self.settings.relevance_margin]
+        relevant = [(e.text, e.hit) for e in evidence if e.score >= best.score - self.settings.relevance_margin]
         said = set(g.content_terms(quote[0])) if kept else set()
         raw_parts: list[str] = []
         buffer = ""
@@ -315,13 +339,21 @@ class RagStrategy(Strategy):
             kept.append(item)
             return (" " if len(kept) > 1 else "") + _with_marker(*item, cite_order=_order(kept))
 
-        for piece in self.generator.stream(messages, max_tokens=self.settings.max_tokens):
+        quoted, seen = len(kept), 0
+        pieces = self.generator.stream(messages, max_tokens=self.settings.max_tokens)
+        for piece in pieces:
             raw_parts.append(piece)
             buffer += piece
             done, buffer = _complete_sentences(buffer)
             for sentence in done:
+                seen += 1
                 if (out := admit(sentence)) is not None:
                     yield out
+            if quoting and (len(kept) > quoted or seen >= 3):
+                buffer = ""
+                break
+        if hasattr(pieces, "close"):
+            pieces.close()  # ends the model's (or the endpoint's) stream when we stopped early
         if buffer.strip() and (out := admit(buffer.strip())) is not None:
             yield out
         t_gen = (time.perf_counter() - t0) * 1000
