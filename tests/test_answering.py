@@ -298,3 +298,11 @@ def test_sentences_join_wrapped_lines_keep_identifiers_and_read_code_with_its_se
         "Value | Meaning",
         "-1 | quiet",
     ]
+
+
+def test_passages_that_differ_only_in_their_first_word_conflict():
+    from ragtune import grounding as g
+
+    a = "Norway set the record for most total medals at a single Winter Olympics with 39."
+    b = "U.S. set the record for most total medals at a single Winter Olympics with 39."
+    assert g.conflict(a, b)

@@ -209,13 +209,14 @@ def idf_from(texts: Sequence[str]) -> dict[str, float]:
     return {term: math.log((n + 1) / (c + 0.5)) + 1.0 for term, c in df.items()}
 
 
-def _facts(text: str) -> set[str]:
-    """Numbers and capitalised words that are not sentence-initial: the parts where two versions of a fact differ."""
+def _facts(text: str, initial: bool = False) -> set[str]:
+    """Numbers and capitalised words that are not sentence-initial (with `initial`, the first word too unless it
+    is a stopword): the parts where two versions of a fact differ."""
     out = set(numbers(text))
     tokens = text.split()
     for i, tok in enumerate(tokens):
         word = tok.strip(".,;:!?()[]{}\"'“”‘’«»…*_`")
-        if i > 0 and word[:1].isupper() and word.lower() not in STOPWORDS:
+        if (i > 0 or initial) and word[:1].isupper() and word.lower() not in STOPWORDS:
             out.add(word.lower())
     return out
 
@@ -229,7 +230,7 @@ def conflict(a: str, b: str, min_overlap: float = 0.5) -> bool:
         return False
     if len(ta & tb) / len(ta | tb) < min_overlap:
         return False
-    fa, fb = _facts(a), _facts(b)
+    fa, fb = _facts(a, initial=True), _facts(b, initial=True)  # "Norway set the record" vs "U.S. set the record"
     return bool(fa - fb) and bool(fb - fa)
 
 

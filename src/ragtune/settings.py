@@ -98,7 +98,7 @@ class Settings:
     answer_type_bonus: float = _f(0.1, "evidence bonus for a passage holding the kind of value asked for "
                                   "(a duration for 'how long', a price for 'how much', ...)")
     evidence_window: int = _f(3, "most consecutive sentences quoted as one evidence passage")
-    evidence_semantic_weight: float = _f(0.8, "weight of embedding similarity (vs rare-term overlap) in evidence scores")
+    evidence_semantic_weight: float = _f(0.7, "weight of embedding similarity (vs rare-term overlap) in evidence scores")
     min_support_when_model_declines: float = _f(
         0.75, "when the model says it doesn't know, quote evidence only if it covers this much of the question")
     relevance_margin: float = _f(0.1, "evidence that may support a generated sentence scores within this of the best")
