@@ -94,10 +94,15 @@ class Settings:
     )
     min_support: float = _f(0.6, "abstain when the best evidence passage scores below this (similarity to the "
                             "question blended with the share of its rare terms, 0..1)")
+    min_support_agreed: float = _f(0.5, "the lower bar used instead of min_support when the best passage comes from "
+                                   "the chunk that fused search ranks first and dense or BM25 search alone ranks first "
+                                   "too (every signal points at the same place)")
     conflict_margin: float = _f(0.05, "passages scoring within this of the best are checked for disagreeing facts")
     answer_type_bonus: float = _f(0.1, "evidence bonus for a passage holding the kind of value asked for "
                                   "(a duration for 'how long', a price for 'how much', ...)")
     evidence_window: int = _f(3, "most consecutive sentences quoted as one evidence passage")
+    evidence_seeds: int = _f(6, "windows of more than one sentence are scored only around this many best "
+                             "sentences")
     evidence_semantic_weight: float = _f(0.7, "weight of embedding similarity (vs rare-term overlap) in evidence scores")
     min_support_when_model_declines: float = _f(
         0.75, "when the model says it doesn't know, quote evidence only if it covers this much of the question")

@@ -45,6 +45,7 @@ class Passage(NamedTuple):
     hit: int
     start: int = 0
     size: int = 1
+    similarity: float = 0.0  # its embedding similarity to the question (part of `score`)
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,10 @@ class RagStrategy(Strategy):
         """Candidate answer passages (windows of 1..evidence_window consecutive sentences of one hit), scored by
         embedding similarity to the question and by the question's rare terms they contain (IDF over the whole
         bot): passages, best first. Sentences come from the top `evidence_hits` of the first
-        `fused` hits and from every hit after those (the rescued ones). Also returns the best passage's
-        similarity and the number of instruction-like sentences dropped from the hits."""
-        units: list[tuple[str, str, int, int, int]] = []  # (heading path, text, hit, start, size)
+        `fused` hits and from every hit after those (the rescued ones). Every sentence is scored; longer windows
+        only around the `evidence_seeds` best sentences (embedding long windows is most of the cost). Also returns
+        the best passage's similarity and the number of instruction-like sentences dropped from the hits."""
+        sentences: list[tuple[str, list[str], int]] = []  # (heading path, sentences, hit)
         removed = 0
         fused = len(hits) if fused is None else fused
         for i, h in enumerate(hits):
@@ -167,27 +169,34 @@ class RagStrategy(Strategy):
                 continue  # lower fused hits: context for the model, not quotable evidence
             clean, n = g.strip_injections(h.text)
             removed += n
-            path = heading_path(h.title, h.heading)
-            sents = g.sentences(clean)
-            for j in range(len(sents)):
-                for w in range(1, self.settings.evidence_window + 1):
-                    if j + w <= len(sents):
-                        units.append((path, " ".join(sents[j : j + w]), i, j, w))
-        if not units:
+            sentences.append((heading_path(h.title, h.heading), g.sentences(clean), i))
+        singles = [(path, s, i, j, 1) for path, sents, i in sentences for j, s in enumerate(sents)]
+        if not singles:
             return [], 0.0, removed
         idf = self._idf(question)
+        scored = self._score(question, qvec, idf, singles)
+        seeds = {(p.hit, p.start) for p in scored[: self.settings.evidence_seeds]}
+        windows = [(path, " ".join(sents[j : j + w]), i, j, w) for path, sents, i in sentences
+                   for w in range(2, self.settings.evidence_window + 1) for j in range(len(sents) - w + 1)
+                   if any((i, k) in seeds for k in range(j, j + w))]
+        scored = sorted(scored + self._score(question, qvec, idf, windows), key=lambda x: -x.score)
+        return scored, max(p.similarity for p in scored), removed
+
+    def _score(self, question: str, qvec, idf: dict[str, float],
+               units: list[tuple[str, str, int, int, int]]) -> list[Passage]:
+        """Passages for (heading path, text, hit, start, size) units: a blend of embedding similarity (lexical
+        coverage when there is no embedder) and rare-term coverage, plus the answer-type bonus; best first."""
+        if not units:
+            return []
         lexical = [g.coverage(question, f"{u[0]} {u[1]}", idf) for u in units]
         if self.embedder is not None and qvec is not None:
-            vecs = self.embedder.embed([f"{u[0]}: {u[1]}" for u in units])
-            cosines = [float(c) for c in vecs @ qvec]
+            cosines = [float(c) for c in self.embedder.embed([f"{u[0]}: {u[1]}" for u in units]) @ qvec]
         else:
             cosines = lexical
         a, bonus = self.settings.evidence_semantic_weight, self.settings.answer_type_bonus
-        scored = sorted((Passage(a * c + (1 - a) * lx + (bonus if g.answer_type_match(question, text) else 0.0),
-                                 text, i, j, w)
-                         for (_, text, i, j, w), c, lx in zip(units, cosines, lexical)), key=lambda x: -x.score)
-        best_cos = max(cosines)
-        return scored, best_cos, removed
+        return sorted((Passage(a * c + (1 - a) * lx + (bonus if g.answer_type_match(question, text) else 0.0),
+                               text, i, j, w, c)
+                       for (_, text, i, j, w), c, lx in zip(units, cosines, lexical)), key=lambda x: -x.score)
 
     def _widen(self, retrieval) -> list[Hit]:
         """The fused hits, plus any chunk that dense or BM25 search alone ranks in its top `evidence_rescue`:
@@ -232,6 +241,13 @@ class RagStrategy(Strategy):
                 continue
             chosen.append(e)
         return [(quote_text(c.text, hits[c.hit]), c.hit) for c in chosen]
+
+    def _bar(self, retrieval, hit: Hit) -> float:
+        """The support the best passage needs: `min_support`, or the lower `min_support_agreed` when its chunk is
+        the one fused search ranks first and dense or BM25 search alone ranks first too."""
+        firsts = {ranked[0][0] for ranked in (retrieval.dense, retrieval.lexical) if ranked}
+        agreed = bool(retrieval.hits) and retrieval.hits[0].chunk_id == hit.chunk_id and hit.chunk_id in firsts
+        return min(self.min_support, self.settings.min_support_agreed) if agreed else self.min_support
 
     def _conflict(self, evidence: list[Passage], hits: list[Hit]) -> tuple[int, int] | None:
         """Two top passages from different documents that state different facts in the same words: answering
@@ -292,7 +308,7 @@ class RagStrategy(Strategy):
                           else "extractive", {"retrieve": t_retrieve, "generate": t_gen, "total": total},
                           {"evidence": {**info, **extra}})
 
-        if not hits or best[0] < self.min_support:
+        if not hits or best.score < self._bar(retrieval, hits[best.hit]):
             yield self.profile.handoff
             yield finish(self.profile.handoff, [], True, reason="weak retrieval support")
             return
