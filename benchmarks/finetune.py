@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--raft", action="store_true", help="train with --raft")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--max-minutes", type=float)
+    ap.add_argument("--paraphrases", type=int, help="questions per fact (ragtune finetune --paraphrases)")
     ap.add_argument("--threads", type=int, default=0, help="threads for answering (0 = all cores)")
     ap.add_argument("--synth-sample", type=int, default=12, help="facts in the synthesis comparison (0 = skip)")
     ap.add_argument("--transformers-n", type=int, default=6, help="questions answered by the transformers runtime")
@@ -107,7 +108,8 @@ def main() -> None:
     if not args.skip_train:
         flags = ["finetune"] + (["--raft"] if args.raft else []) + \
             (["--steps", str(args.steps)] if args.steps else []) + \
-            (["--max-minutes", str(args.max_minutes)] if args.max_minutes else [])
+            (["--max-minutes", str(args.max_minutes)] if args.max_minutes else []) + \
+            (["--paraphrases", str(args.paraphrases)] if args.paraphrases else [])
         wall, trained = run_cli(home, *flags)
         out["training"] = {"command": "ragtune " + " ".join(flags) + " --json", "wall_seconds": round(wall, 1),
                            **trained}

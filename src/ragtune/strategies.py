@@ -215,7 +215,7 @@ class RagStrategy(Strategy):
                     extra.append((cid, score))
         return hits + self.store.get_hits(self.bot, extra) if extra else hits
 
-    def _quotes(self, evidence: list[Passage], hits: list[Hit]) -> list[tuple[str, int]]:
+    def _quotes(self, evidence: list[Passage], hits: list[Hit]) -> list[Passage]:
         """The best passage, widened by any passage of the same chunk that overlaps or adjoins it and scores
         within `quote_margin` (up to `evidence_window` sentences: the asked-for value is often in the next
         sentence), then up to `quote_passages` - 1 more passages within the margin that repeat nothing already
@@ -235,12 +235,19 @@ class RagStrategy(Strategy):
         for e in evidence[1:]:
             if len(chosen) >= max(1, s.quote_passages) or e.score < floor:
                 break
-            if any(c.hit == e.hit and c.start < e.start + e.size and e.start < c.start + c.size for c in chosen):
-                continue  # repeats a sentence already quoted
+            if any(c.hit == e.hit and c.start < e.start + e.size and e.start < c.start + c.size for c in chosen) \
+                    or any(_shares_sentence(c.text, e.text) for c in chosen if c.hit != e.hit):
+                continue  # repeats a sentence already quoted (overlapping chunks hold the same sentences)
             if not s.quote_other_documents and hits[e.hit].document_id != hits[top.hit].document_id:
                 continue
             chosen.append(e)
-        return [(quote_text(c.text, hits[c.hit]), c.hit) for c in chosen]
+        return chosen
+
+    @staticmethod
+    def _surroundings(p: Passage, hits: list[Hit], more: int = 1) -> str:
+        """The passage with `more` sentences of its chunk either side."""
+        sents = g.sentences(g.strip_injections(hits[p.hit].text)[0])
+        return " ".join(sents[max(0, p.start - more): p.start + p.size + more]) or p.text
 
     def _bar(self, retrieval, hit: Hit) -> float:
         """The support the best passage needs: `min_support`, or the lower `min_support_agreed` when its chunk is
@@ -274,12 +281,13 @@ class RagStrategy(Strategy):
         df, n = self.store.term_frequencies(self.bot, qw)
         return {g.stem(w): math.log((n + 1) / (df.get(w, 0) + 0.5)) for w in qw}
 
-    def _pack(self, hits: list[Hit]) -> tuple[str, list[Hit]]:
-        """Numbered sources within the model's window (by the generator's own token count)."""
+    def _pack(self, hits: list[Hit], texts: Sequence[str] | None = None) -> tuple[str, list[Hit]]:
+        """Numbered sources within the model's window (by the generator's own token count): the hits' text, or
+        `texts` (one per hit) in its place."""
         budget = self.settings.context_tokens - self.settings.max_tokens - 250
         parts, used, total = [], [], 0
-        for h in hits:
-            clean, _ = g.strip_injections(h.text)
+        for n, h in enumerate(hits):
+            clean = texts[n] if texts is not None else g.strip_injections(h.text)[0]
             block = f"[{len(used) + 1}] {heading_path(h.title, h.heading)}\n{clean.strip()}"
             cost = self.generator.count_tokens(block)
             if used and total + cost > budget:
@@ -322,18 +330,24 @@ class RagStrategy(Strategy):
 
         quote = (quote_text(best[1], hits[best[2]]), best[2])
         kept: list[tuple[str, int]] = []  # (sentence without markers, supporting hit index), in answer order
+        quoted: list[Passage] = []
         if self.mode in ("extract", "quote"):  # the evidence first: it is ready before the model starts
-            for n, item in enumerate(self._quotes(evidence, hits)):
-                kept.append(item)
-                yield (" " if n else "") + _with_marker(*item, cite_order=_order(kept))
+            quoted = self._quotes(evidence, hits)
+            for n, p in enumerate(quoted):
+                kept.append((quote_text(p.text, hits[p.hit]), p.hit))
+                yield (" " if n else "") + _with_marker(*kept[-1], cite_order=_order(kept))
         if self.mode == "extract":
             yield finish(*self._render(kept, hits), False)
             return
 
-        # quote mode: the model only adds to the quote, so it reads only the quoted chunks (prompt evaluation is
-        # most of a small CPU model's latency), and stops after one admitted sentence or three complete ones
-        quoting = self.mode == "quote" and bool(kept)
-        context, used = self._pack([hits[i] for i in _order(kept)] if quoting else hits)
+        # quote mode: the model only adds to the quote, so it reads only the quoted passages and the sentence
+        # either side of each (prompt evaluation is most of a small CPU model's latency), and stops after one
+        # admitted sentence or three complete ones
+        quoting = self.mode == "quote" and bool(quoted)
+        if quoting:
+            context, used = self._pack([hits[p.hit] for p in quoted], [self._surroundings(p, hits) for p in quoted])
+        else:
+            context, used = self._pack(hits)
         messages = [{"role": "system", "content": self.profile.system_prompt},
                     *[m for m in list(history)[-4:] if m.get("role") in ("user", "assistant")],
                     {"role": "user", "content": f"Sources:\n{context}\n\nQuestion: {q}"}]
@@ -355,7 +369,7 @@ class RagStrategy(Strategy):
             kept.append(item)
             return (" " if len(kept) > 1 else "") + _with_marker(*item, cite_order=_order(kept))
 
-        quoted, seen = len(kept), 0
+        n_quoted, seen = len(kept), 0
         pieces = self.generator.stream(messages, max_tokens=self.settings.max_tokens)
         for piece in pieces:
             raw_parts.append(piece)
@@ -365,7 +379,7 @@ class RagStrategy(Strategy):
                 seen += 1
                 if (out := admit(sentence)) is not None:
                     yield out
-            if quoting and (len(kept) > quoted or seen >= 3):
+            if quoting and (len(kept) > n_quoted or seen >= 3):
                 buffer = ""
                 break
         if hasattr(pieces, "close"):
@@ -413,6 +427,10 @@ def quote_text(passage: str, hit: Hit) -> str:
     """A quoted evidence passage, led by its section's heading (which often names the thing asked about)."""
     section = hit.heading[-1] if hit.heading and hit.heading[-1] != hit.title else ""
     return f'{section}: "{passage}"' if section else f'"{passage}"'
+
+
+def _shares_sentence(a: str, b: str) -> bool:
+    return bool(set(g.sentences(a)) & set(g.sentences(b)))
 
 
 def _order(kept: list[tuple[str, int]]) -> list[int]:
