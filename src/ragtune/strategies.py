@@ -348,6 +348,7 @@ class RagStrategy(Strategy):
             context, used = self._pack([hits[p.hit] for p in quoted], [self._surroundings(p, hits) for p in quoted])
         else:
             context, used = self._pack(hits)
+        info["context_tokens"] = self.generator.count_tokens(context)  # what the model reads besides the question
         messages = [{"role": "system", "content": self.profile.system_prompt},
                     *[m for m in list(history)[-4:] if m.get("role") in ("user", "assistant")],
                     {"role": "user", "content": f"Sources:\n{context}\n\nQuestion: {q}"}]
