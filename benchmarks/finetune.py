@@ -3,7 +3,7 @@
 1. question synthesis: the deterministic template method vs the local generator, measured on the same facts;
 2. `ragtune finetune --json` with the default budget, as a user runs it (its own process: wall time, peak RSS,
    adapter size);
-3. base / rag / finetune / hybrid on questions-paraphrased-v1.jsonl (`--split test`: 20 answerable questions
+3. base / rag / finetune / hybrid on questions-paraphrased-v1.jsonl (or `--questions FILE`) (`--split test`: 20 answerable questions
    phrased unlike any training question, never trained or tuned on; `--split dev`: 12 others, for tuning),
    accuracy = a key fact in the answer, latency p50/p95 in the same run;
 4. the adapter served by llama.cpp (GGUF LoRA) vs transformers + peft on the same questions.
@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--strategies", default="base,rag,finetune,hybrid", help="comma-separated strategies to score")
     ap.add_argument("--no-runtimes", action="store_true", help="skip the llama.cpp vs transformers comparison")
     ap.add_argument("--split", default="test", help="questions of this split: test (report) or dev (tuning)")
+    ap.add_argument("--questions", default=str(EXAMPLES / "questions-paraphrased-v1.jsonl"),
+                    help="question file over the v1 help centre (answerable questions are scored); e.g. "
+                         "examples/helpcenter/questions-v1.jsonl --split dev for 24 more customer-phrased dev questions")
     args = ap.parse_args()
 
     from ragtune.evaluate.answers_bench import load_questions
@@ -115,10 +118,9 @@ def main() -> None:
                            **trained}
 
     # 3. strategies on the paraphrased questions
-    questions = [q for q in load_questions(EXAMPLES / "questions-paraphrased-v1.jsonl")
-                 if q.get("split", "test") == args.split]
-    out["questions"] = {"file": "examples/helpcenter/questions-paraphrased-v1.jsonl", "split": args.split,
-                        "n": len(questions)}
+    qfile = Path(args.questions)
+    questions = [q for q in load_questions(qfile) if q["answers"] and q.get("split", "test") == args.split]
+    out["questions"] = {"file": str(qfile), "split": args.split, "n": len(questions)}
     results = {}
     for name in args.strategies.split(","):
         strategy = open_strategy(name, store, bot, settings, embedder, generator)
