@@ -87,8 +87,9 @@ class Settings:
                               ("auto", "llama.cpp", "transformers"))
     answer_mode: str = _f(
         "quote",
-        "how a rag answer is composed: quote (the best evidence passage, streamed at once, then one sentence of "
-        "the model's, reading only the quoted chunks, that relevant sources support and that adds to it), extract (the quote alone, no model), auto "
+        "how a rag answer is composed: quote (the best evidence passages, streamed at once, then at most one "
+        "sentence of the model's, which reads only the quoted passages and the sentence either side of each, kept "
+        "when relevant sources support it and it adds to the quote), extract (the quote alone, no model), auto "
         "(supported model sentences, else the quote), generate (supported model sentences, else abstain)",
         ("auto", "generate", "extract", "quote"),
     )

@@ -154,13 +154,14 @@ class RagStrategy(Strategy):
 
     # ------------------------------------------------------------------ evidence
     def _evidence(self, question: str, hits: list[Hit], qvec, fused: int | None = None
-                  ) -> tuple[list[Passage], float, int]:
+                  ) -> tuple[list[Passage], float, int, dict[int, list[str]]]:
         """Candidate answer passages (windows of 1..evidence_window consecutive sentences of one hit), scored by
         embedding similarity to the question and by the question's rare terms they contain (IDF over the whole
         bot): passages, best first. Sentences come from the top `evidence_hits` of the first
         `fused` hits and from every hit after those (the rescued ones). Every sentence is scored; longer windows
         only around the `evidence_seeds` best sentences (embedding long windows is most of the cost). Also returns
-        the best passage's similarity and the number of instruction-like sentences dropped from the hits."""
+        the best passage's similarity, the number of instruction-like sentences dropped from the hits, and each
+        evidence hit's sentences (what `Passage.start`/`size` count)."""
         sentences: list[tuple[str, list[str], int]] = []  # (heading path, sentences, hit)
         removed = 0
         fused = len(hits) if fused is None else fused
@@ -171,8 +172,9 @@ class RagStrategy(Strategy):
             removed += n
             sentences.append((heading_path(h.title, h.heading), g.sentences(clean), i))
         singles = [(path, s, i, j, 1) for path, sents, i in sentences for j, s in enumerate(sents)]
+        split = {i: sents for _, sents, i in sentences}
         if not singles:
-            return [], 0.0, removed
+            return [], 0.0, removed, split
         idf = self._idf(question)
         scored = self._score(question, qvec, idf, singles)
         seeds = {(p.hit, p.start) for p in scored[: self.settings.evidence_seeds]}
@@ -180,7 +182,7 @@ class RagStrategy(Strategy):
                    for w in range(2, self.settings.evidence_window + 1) for j in range(len(sents) - w + 1)
                    if any((i, k) in seeds for k in range(j, j + w))]
         scored = sorted(scored + self._score(question, qvec, idf, windows), key=lambda x: -x.score)
-        return scored, max(p.similarity for p in scored), removed
+        return scored, max(p.similarity for p in scored), removed, split
 
     def _score(self, question: str, qvec, idf: dict[str, float],
                units: list[tuple[str, str, int, int, int]]) -> list[Passage]:
@@ -215,7 +217,7 @@ class RagStrategy(Strategy):
                     extra.append((cid, score))
         return hits + self.store.get_hits(self.bot, extra) if extra else hits
 
-    def _quotes(self, evidence: list[Passage], hits: list[Hit]) -> list[Passage]:
+    def _quotes(self, evidence: list[Passage], hits: list[Hit], split: dict[int, list[str]]) -> list[Passage]:
         """The best passage, widened by any passage of the same chunk that overlaps or adjoins it and scores
         within `quote_margin` (up to `evidence_window` sentences: the asked-for value is often in the next
         sentence), then up to `quote_passages` - 1 more passages within the margin that repeat nothing already
@@ -223,7 +225,7 @@ class RagStrategy(Strategy):
         s = self.settings
         top = evidence[0]
         floor = top.score - s.quote_margin
-        sents = g.sentences(g.strip_injections(hits[top.hit].text)[0])
+        sents = split[top.hit]
         lo, hi = top.start, top.start + top.size
         for e in evidence[1:12]:
             if e.score < floor:
@@ -244,10 +246,9 @@ class RagStrategy(Strategy):
         return chosen
 
     @staticmethod
-    def _surroundings(p: Passage, hits: list[Hit], more: int = 1) -> str:
+    def _surroundings(p: Passage, split: dict[int, list[str]], more: int = 1) -> str:
         """The passage with `more` sentences of its chunk either side."""
-        sents = g.sentences(g.strip_injections(hits[p.hit].text)[0])
-        return " ".join(sents[max(0, p.start - more): p.start + p.size + more]) or p.text
+        return " ".join(split[p.hit][max(0, p.start - more): p.start + p.size + more]) or p.text
 
     def _bar(self, retrieval, hit: Hit) -> float:
         """The support the best passage needs: `min_support`, or the lower `min_support_agreed` when its chunk is
@@ -266,11 +267,11 @@ class RagStrategy(Strategy):
         margin = self.settings.conflict_margin
         if self.settings.quote_passages > 1 and self.mode in ("extract", "quote"):
             margin = max(margin, self.settings.quote_margin)
-        top = [e for e in evidence[:12] if e[0] >= evidence[0][0] - margin]
+        top = [e for e in evidence[:12] if e.score >= evidence[0].score - margin]
         for a in range(len(top)):
             for b in range(a + 1, len(top)):
-                ia, ib = top[a][2], top[b][2]
-                if hits[ia].document_id != hits[ib].document_id and g.conflict(top[a][1], top[b][1], 0.5):
+                ia, ib = top[a].hit, top[b].hit
+                if hits[ia].document_id != hits[ib].document_id and g.conflict(top[a].text, top[b].text, 0.5):
                     return ia, ib
         return None
 
@@ -305,10 +306,10 @@ class RagStrategy(Strategy):
         qvec = self.embedder.embed_query(query) if self.embedder is not None else None
         retrieval = self.retriever.search(self.bot, query, k=self.settings.top_k, vector=qvec)
         hits = self._widen(retrieval)
-        evidence, similarity, injections = self._evidence(query, hits, qvec, len(retrieval.hits))
+        evidence, similarity, injections, split = self._evidence(query, hits, qvec, len(retrieval.hits))
         best = evidence[0] if evidence else Passage(0.0, "", 0)
         t_retrieve = (time.perf_counter() - started) * 1000
-        info = {"support": round(best[0], 3), "similarity": round(similarity, 3), "injections_removed": injections}
+        info = {"support": round(best.score, 3), "similarity": round(similarity, 3), "injections_removed": injections}
 
         def finish(text, citations, abstained, t_gen=0.0, **extra):
             total = (time.perf_counter() - started) * 1000
@@ -328,11 +329,11 @@ class RagStrategy(Strategy):
                          conflicting=[hits[i].source for i in clash])
             return
 
-        quote = (quote_text(best[1], hits[best[2]]), best[2])
+        quote = (quote_text(best.text, hits[best.hit]), best.hit)
         kept: list[tuple[str, int]] = []  # (sentence without markers, supporting hit index), in answer order
         quoted: list[Passage] = []
         if self.mode in ("extract", "quote"):  # the evidence first: it is ready before the model starts
-            quoted = self._quotes(evidence, hits)
+            quoted = self._quotes(evidence, hits, split)
             for n, p in enumerate(quoted):
                 kept.append((quote_text(p.text, hits[p.hit]), p.hit))
                 yield (" " if n else "") + _with_marker(*kept[-1], cite_order=_order(kept))
@@ -345,7 +346,7 @@ class RagStrategy(Strategy):
         # admitted sentence or three complete ones
         quoting = self.mode == "quote" and bool(quoted)
         if quoting:
-            context, used = self._pack([hits[p.hit] for p in quoted], [self._surroundings(p, hits) for p in quoted])
+            context, used = self._pack([hits[p.hit] for p in quoted], [self._surroundings(p, split) for p in quoted])
         else:
             context, used = self._pack(hits)
         info["context_tokens"] = self.generator.count_tokens(context)  # what the model reads besides the question
@@ -390,7 +391,7 @@ class RagStrategy(Strategy):
         t_gen = (time.perf_counter() - t0) * 1000
         raw = "".join(raw_parts).strip()
         if not kept:
-            declined = bool(_IDK.search(raw)) and best[0] < self.settings.min_support_when_model_declines
+            declined = bool(_IDK.search(raw)) and best.score < self.settings.min_support_when_model_declines
             if self.mode == "generate" or declined:
                 yield self.profile.handoff
                 yield finish(self.profile.handoff, [], True, t_gen, raw_answer=raw,
