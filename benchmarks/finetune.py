@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--max-minutes", type=float)
     ap.add_argument("--paraphrases", type=int, help="questions per fact (ragtune finetune --paraphrases)")
+    ap.add_argument("--model", help="base model to train and answer with (ragtune finetune --model): smollm2 | qwen-0.5b")
     ap.add_argument("--threads", type=int, default=0, help="threads for answering (0 = all cores)")
     ap.add_argument("--synth-sample", type=int, default=12, help="facts in the synthesis comparison (0 = skip)")
     ap.add_argument("--transformers-n", type=int, default=6, help="questions answered by the transformers runtime")
@@ -90,7 +91,8 @@ def main() -> None:
     home = Path(args.home) if args.home else Path(tmp.name) / "home"
     home.mkdir(parents=True, exist_ok=True)
     out: dict = {"machine": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()}}
-    settings = Settings.load(overrides={"home": str(home), "progress": False, "threads": args.threads}, env={})
+    settings = Settings.load(overrides={"home": str(home), "progress": False, "threads": args.threads,
+                                        **({"generator": args.model} if args.model else {})}, env={})
     store = SQLiteStore(home / "ragtune.db")
     bot = store.ensure_bot("default")
     embedder = open_embedder(settings)
@@ -112,7 +114,8 @@ def main() -> None:
         flags = ["finetune"] + (["--raft"] if args.raft else []) + \
             (["--steps", str(args.steps)] if args.steps else []) + \
             (["--max-minutes", str(args.max_minutes)] if args.max_minutes else []) + \
-            (["--paraphrases", str(args.paraphrases)] if args.paraphrases else [])
+            (["--paraphrases", str(args.paraphrases)] if args.paraphrases else []) + \
+            (["--model", args.model] if args.model else [])
         wall, trained = run_cli(home, *flags)
         out["training"] = {"command": "ragtune " + " ".join(flags) + " --json", "wall_seconds": round(wall, 1),
                            **trained}

@@ -391,3 +391,17 @@ def test_a_batch_is_cut_into_passes_within_the_token_budget_and_weighted_to_its_
     weights = [_answer_tokens(p) / _answer_tokens(rows) for p in parts]
     assert abs(sum(weights) - 1.0) < 1e-9 and _answer_tokens(rows) == 10 + 5 + 20 + 6 + 7 + 3
     assert len(_micro_batches(rows, 10 ** 6)) == 1
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth_over_the_step_budget():
+    from ragtune.errors import ConfigError
+    from ragtune.train.lora import TrainConfig, _lr_factor
+
+    cosine = TrainConfig(steps=110, warmup_steps=10)
+    factors = [_lr_factor(cosine, s) for s in range(130)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # never rises after warm-up
+    assert factors[60] == pytest.approx(0.55) and factors[110] == pytest.approx(0.1) and factors[129] == pytest.approx(0.1)
+    assert {_lr_factor(TrainConfig(steps=110, schedule="constant"), s) for s in range(10, 130)} == {1.0}
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        TrainConfig(schedule="linear")
