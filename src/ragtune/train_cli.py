@@ -24,11 +24,11 @@ def _add_parsers(sub, bench, common) -> None:
                    "{\"question\": ..., \"answer\": ...} (repeatable)")
     p.add_argument("--style", action="append", default=[], metavar="FILE",
                    help="tone/style examples in the same formats: how the bot should word its answers (repeatable)")
-    p.add_argument("--steps", type=int, metavar="N", help="training steps (default 260, ~11 minutes here; the learning "
+    p.add_argument("--steps", type=int, metavar="N", help="training steps (default 400, at most ~12 minutes here; the learning "
                    "rate decays over them; training also stops early when held-out loss stops improving, or when "
                    "--max-minutes is spent)")
     p.add_argument("--max-minutes", dest="max_minutes", type=float, metavar="M",
-                   help="wall-clock safety limit of the training loop in minutes (default 13)")
+                   help="wall-clock safety limit of the training loop in minutes (default 14)")
     p.add_argument("--raft", action="store_true",
                    help="RAFT-style hybrid training: add examples whose sources hold the relevant chunk among 1-3 "
                    "distractors (some with distractors only), answered by quoting the evidence")

@@ -42,9 +42,9 @@ def _f(default: Any, help: str, choices: tuple | None = None):
 class TrainConfig:
     """Training settings. The defaults finish within ~15 minutes on a 2-core CPU for ~20 short documents."""
 
-    steps: int = _f(260, "optimizer steps (the learning-rate schedule spans them; ~11 minutes on a 2-core CPU for "
-                    "the sample help centre, so two runs of one command train the same adapter)")
-    max_minutes: float = _f(13.0, "wall-clock safety limit of the training loop (resumed runs count their earlier "
+    steps: int = _f(400, "optimizer steps (the learning-rate schedule spans them; at most ~12 minutes on a 2-core "
+                    "CPU for the sample help centre, so two runs of one command train the same adapter)")
+    max_minutes: float = _f(14.0, "wall-clock safety limit of the training loop (resumed runs count their earlier "
                             "time); training stops with the best weights so far when it is spent")
     batch_size: int = _f(8, "examples per step")
     micro_batch_tokens: int = _f(2048, "most padded tokens in one forward/backward pass: a step accumulates the "
