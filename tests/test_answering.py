@@ -274,6 +274,17 @@ def test_a_sentence_naming_another_name_in_the_evidence_words_is_not_supported()
     assert g.support("A full charge takes about 4.5 hours.", ["A full charge takes about 4 hours."]) == 0.0
 
 
+def test_a_sentence_that_negates_what_the_evidence_says_is_not_supported():
+    from ragtune import grounding as g
+
+    ev = ["The dev group can include other groups: include-groups pulls in everything from the test and lint groups."]
+    assert g.support("No, the dev group can't pull in everything from the test and lint groups.", ev) == 0.0
+    assert g.support("The dev group pulls in everything from the test and lint groups.", ev) == 1.0
+    cargo = ["The student discount is not available on the Cargo plan."]
+    assert g.support("The student discount is not available on the Cargo plan.", cargo) == 1.0
+    assert g.support("The student discount is available on the Cargo plan.", cargo) == 0.0
+
+
 def test_a_short_sentence_whose_words_recur_in_a_longer_passage_is_no_conflict():
     from ragtune import grounding as g
 

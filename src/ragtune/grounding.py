@@ -17,6 +17,7 @@ _ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 _TABLE_RULE = re.compile(r"^\s*\|?[\s:|-]+\|[\s:|-]*$")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.']*[A-Za-z0-9]|[A-Za-z0-9]")
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+_NEGATION = re.compile(r"\b(no|not|never|cannot|nobody|nothing|none)\b|n't\b", re.IGNORECASE)
 _MD = re.compile(r"^\s*(?:[-*+>#]+|\d+[.)])\s+|[*`]+|(?<![A-Za-z0-9])_+|_+(?![A-Za-z0-9])")
 CODE_ATTACH_CHARS = 240  # a code block at most this long is read with the sentence before it
 
@@ -158,15 +159,19 @@ def strip_injections(text: str) -> tuple[str, int]:
 def support(sentence: str, evidence: Iterable[str]) -> float:
     """How well the evidence supports one sentence: the best share of the sentence's content terms found in
     one evidence sentence whose words hold every number and name the sentence states (a sentence that puts
-    another name in a retrieved sentence's words is not supported by it)."""
+    another name in a retrieved sentence's words is not supported by it) and that negates when the sentence
+    does ("No, the dev group can't include other groups" is not supported by a sentence saying it can)."""
     terms = set(content_terms(sentence))
     facts = _facts(sentence)
     if not terms:
         return 1.0
+    negated = bool(_NEGATION.search(sentence))
     best = 0.0
     for ev in evidence:
         ev_terms = set(content_terms(ev))
         if facts and not facts <= (numbers(ev) | set(words(ev))):
+            continue
+        if negated != bool(_NEGATION.search(ev)):
             continue
         best = max(best, len(terms & ev_terms) / len(terms))
     return best
