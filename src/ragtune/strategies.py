@@ -238,12 +238,18 @@ class RagStrategy(Strategy):
             if len(chosen) >= max(1, s.quote_passages) or e.score < floor:
                 break
             if any(c.hit == e.hit and c.start < e.start + e.size and e.start < c.start + c.size for c in chosen) \
-                    or any(_shares_sentence(c.text, e.text) for c in chosen if c.hit != e.hit):
+                    or any(set(self._sentences(c, split)) & set(self._sentences(e, split)) for c in chosen
+                           if c.hit != e.hit):
                 continue  # repeats a sentence already quoted (overlapping chunks hold the same sentences)
             if not s.quote_other_documents and hits[e.hit].document_id != hits[top.hit].document_id:
                 continue
             chosen.append(e)
         return chosen
+
+    @staticmethod
+    def _sentences(p: Passage, split: dict[int, list[str]]) -> list[str]:
+        """The passage's own sentences, as its hit was split (no re-parsing of the joined text)."""
+        return split[p.hit][p.start: p.start + p.size]
 
     @staticmethod
     def _surroundings(p: Passage, split: dict[int, list[str]], more: int = 1) -> str:
@@ -429,10 +435,6 @@ def quote_text(passage: str, hit: Hit) -> str:
     """A quoted evidence passage, led by its section's heading (which often names the thing asked about)."""
     section = hit.heading[-1] if hit.heading and hit.heading[-1] != hit.title else ""
     return f'{section}: "{passage}"' if section else f'"{passage}"'
-
-
-def _shares_sentence(a: str, b: str) -> bool:
-    return bool(set(g.sentences(a)) & set(g.sentences(b)))
 
 
 def _order(kept: list[tuple[str, int]]) -> list[int]:
