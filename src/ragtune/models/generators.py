@@ -211,8 +211,11 @@ def qwen_path(models_dir: str | Path) -> Path:
 class LlamaCppGenerator(Generator):
     """A local GGUF model run by llama-cpp-python; loaded on first use, optionally sha256-checked first.
 
-    One generation runs at a time per instance (llama.cpp contexts are not thread-safe); each starts from
-    an empty KV cache, so temperature 0 gives the same text for the same messages every time."""
+    One generation runs at a time per instance (llama.cpp contexts are not thread-safe). The leading system
+    turn's KV cache is kept between generations (it is the same for every question of a bot, and reading it is
+    a few hundred milliseconds on a CPU); the rest of the prompt is always read from an empty cache after it,
+    and a cold start reads the system turn as a batch of its own first, so temperature 0 gives the same text for
+    the same messages every time, cached or not."""
 
     def __init__(self, model_path: str | Path, name: str, n_ctx: int = 2048, n_threads: int = 0,
                  lora_path: str | Path | None = None, *, sha256: str | None = None,
@@ -226,6 +229,7 @@ class LlamaCppGenerator(Generator):
         self.verify_cache = verify_cache
         self.seed = seed
         self._llm = None
+        self._formatter = None  # the model's chat template (None: the model has none, nothing is kept)
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
 
@@ -260,11 +264,55 @@ class LlamaCppGenerator(Generator):
             raise ModelError(f"could not load GGUF model {self.model_path}{lora}: {exc}; "
                              "is it a valid GGUF file?") from exc
 
+    def _system_prefix(self, llm, messages: Sequence[Message]) -> list[int]:
+        """The prompt tokens of the leading system turn(s) (and the next turn's header), as the model's chat
+        template renders them: the common token prefix of the prompt with two different user turns after the
+        system messages. Empty when the model has no chat template or there is no system message."""
+        system = []
+        for m in messages:
+            if m.get("role") != "system":
+                break
+            system.append(m)
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not system or not template:
+            return []
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            def text(token: int) -> str:
+                return llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
+
+            self._formatter = Jinja2ChatFormatter(template=template, eos_token=text(llm.token_eos()),
+                                                  bos_token=text(llm.token_bos()))
+
+        def tokens(msgs) -> list[int]:
+            result = self._formatter(messages=msgs)
+            return llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+
+        a, b = tokens([*system, {"role": "user", "content": "A"}]), tokens([*system, {"role": "user", "content": "B"}])
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        return a[:n]
+
+    def _start(self, llm, messages: Sequence[Message]) -> None:
+        """Leave exactly the system turn in the KV cache (read now if it is not there already): llama.cpp then
+        reads only the rest of the prompt, always from the same point, so cached and cold runs compute alike."""
+        try:
+            prefix = self._system_prefix(llm, messages)
+        except Exception:  # an unusual chat template: no reuse, nothing else changes
+            prefix = []
+        n = len(prefix)
+        if n and llm.n_tokens >= n and list(llm.input_ids[:n]) == prefix:
+            llm.n_tokens = n  # generate() drops the cache after the prefix and reads the rest
+            return
+        llm.reset()
+        if n:
+            llm.eval(prefix)
+
     def stream(self, messages, max_tokens=160, temperature=0.0, stop=None) -> Iterator[str]:
         llm = self.llm
         with self._run_lock:
             try:
-                llm.reset()  # no KV-prefix reuse: the same prompt always takes the same computation path
+                self._start(llm, messages)
                 chunks = llm.create_chat_completion(
                     messages=list(messages), stream=True, temperature=temperature, max_tokens=max_tokens,
                     stop=list(stop) if stop else None, seed=self.seed,
