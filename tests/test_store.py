@@ -130,3 +130,33 @@ def test_list_chunks_in_document_order_for_one_bot_only(st):
     assert all("another bot" not in c.text for c in chunks)
     st.delete_document(bot, a_id)
     assert [c.path for c in st.list_chunks(bot)] == ["/kb/b.md"]
+
+
+def test_passage_vectors_are_kept_per_bot_and_go_with_their_chunk(st):
+    from ragtune import passages
+
+    a, b = st.ensure_bot("a"), st.ensure_bot("b")
+    src = st.add_source(a, "/kb", "folder", {})
+    st.add_source(b, "/kb", "folder", {})
+    text = "Refunds take thirty days. Repairs cost 45 dollars per hour."
+    doc = LoadedDocument("/kb/a.md", "Doc", (Section(("Doc",), text),), "h1", 0.0)
+    chunks = chunk_document(doc, a.name, EMB.token_offsets, 50, 5)
+    rows = passages.index_rows(EMB, doc.title, chunks)
+    units = passages.sentence_units(doc.title, chunks[0].heading, chunks[0].text)
+    assert len(rows) == len(units) == 2 and units[0] == "Doc: Refunds take thirty days."
+    st.replace_document(a, src, doc, chunks, EMB.embed([c.text for c in chunks]), EMB.identity, rows)
+    keys = [passages.unit_key(u) for u in units]
+    kept = st.passage_vectors(a, EMB.identity, keys + ["missing"])
+    assert sorted(kept) == sorted(keys)
+    assert np.allclose(kept[keys[0]], EMB.embed([units[0]])[0])
+    assert st.passage_vectors(b, EMB.identity, keys) == {}  # another bot's
+    assert st.passage_vectors(a, "other-embedder", keys) == {}
+    # vectors(): kept ones are read, the rest embedded, in order
+    mixed = [units[1], "Doc: a sentence nobody indexed.", units[0]]
+    assert np.allclose(passages.vectors(st, a, EMB, mixed), EMB.embed(mixed), atol=1e-6)
+    # replaced without passages: the old chunk's vectors are gone with it
+    st.replace_document(a, src, doc, chunks, EMB.embed([c.text for c in chunks]), EMB.identity)
+    assert st.passage_vectors(a, EMB.identity, keys) == {}
+    doc_id = st.replace_document(a, src, doc, chunks, EMB.embed([c.text for c in chunks]), EMB.identity, rows)
+    st.delete_document(a, doc_id)
+    assert st.passage_vectors(a, EMB.identity, keys) == {}

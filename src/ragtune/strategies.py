@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
 
 from . import grounding as g
+from . import passages
 from .errors import ConfigError, InputError
 from .ingest.chunking import heading_path
 from .models.embedders import Embedder
@@ -168,9 +169,9 @@ class RagStrategy(Strategy):
         for i, h in enumerate(hits):
             if self.settings.evidence_hits <= i < fused:
                 continue  # lower fused hits: context for the model, not quotable evidence
-            clean, n = g.strip_injections(h.text)
+            sents, n = passages.chunk_sentences(h.text)
             removed += n
-            sentences.append((heading_path(h.title, h.heading), g.sentences(clean), i))
+            sentences.append((heading_path(h.title, h.heading), sents, i))
         singles = [(path, s, i, j, 1) for path, sents, i in sentences for j, s in enumerate(sents)]
         split = {i: sents for _, sents, i in sentences}
         if not singles:
@@ -192,7 +193,8 @@ class RagStrategy(Strategy):
             return []
         lexical = [g.coverage(question, f"{u[0]} {u[1]}", idf) for u in units]
         if self.embedder is not None and qvec is not None:
-            cosines = [float(c) for c in self.embedder.embed([f"{u[0]}: {u[1]}" for u in units]) @ qvec]
+            texts = [passages.unit_text(u[0], u[1]) for u in units]
+            cosines = [float(c) for c in passages.vectors(self.store, self.bot, self.embedder, texts) @ qvec]
         else:
             cosines = lexical
         a, bonus = self.settings.evidence_semantic_weight, self.settings.answer_type_bonus

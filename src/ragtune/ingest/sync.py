@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .. import passages
 from ..errors import InputError, SourceError
 from ..models.embedders import Embedder, embedder_identity, open_embedder
 from ..settings import Settings
@@ -275,8 +276,11 @@ def _store_loaded(ctx: _Context, source, loaded) -> None:
     vectors = embedder.embed(texts, batch_size=settings.embed_batch_size)
     offset = 0
     for is_new, doc, chunks in loaded:
+        rows = passages.index_rows(embedder, doc.title, chunks, settings.embed_batch_size) \
+            if settings.embed_sentences else ()
         # a file edited between hashing and loading is stored with the hash of what was loaded
-        store.replace_document(bot, source, doc, chunks, vectors[offset : offset + len(chunks)], embedder.identity)
+        store.replace_document(bot, source, doc, chunks, vectors[offset : offset + len(chunks)], embedder.identity,
+                               rows)
         offset += len(chunks)
         report.chunks_embedded += len(chunks)
         if is_new:

@@ -118,8 +118,15 @@ class Store(ABC):
         chunks: Sequence[Chunk],
         vectors: np.ndarray,
         embedder: str,
+        passages: Sequence[tuple[str, str, np.ndarray]] = (),
     ) -> int:
-        """Insert or replace one document with its chunks and vectors in ONE transaction; return its id."""
+        """Insert or replace one document with its chunks and vectors in ONE transaction; return its id.
+        `passages`: (chunk id, key, vector) of the chunks' evidence sentences (`ragtune.passages`), kept until
+        their chunk is deleted."""
+
+    def passage_vectors(self, bot: Bot, embedder: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The kept passage vectors among `keys` (a store that keeps none returns {}: answering embeds them)."""
+        return {}
 
     @abstractmethod
     def delete_document(self, bot: Bot, document_id: int) -> None: ...

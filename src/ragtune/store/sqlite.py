@@ -20,7 +20,7 @@ from ..errors import NotFoundError, RagtuneError
 from ..types import Chunk, Hit, LoadedDocument
 from .base import ApiKey, Bot, DocumentState, Source, Store, StoredChunk
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Numbered migrations: index i brings the schema from version i to i+1.
 MIGRATIONS = [
@@ -144,6 +144,19 @@ MIGRATIONS = [
         chunk_ids TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX eval_runs_bot ON eval_runs(bot_id, started_at);
+    """,
+    # 4: evidence passages' vectors (each sentence of a chunk, embedded at indexing time; `ragtune.passages`),
+    # keyed by the embedded text's hash; deleted with their chunk.
+    """
+    CREATE TABLE passage_vectors (
+        bot_id INTEGER NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        embedder TEXT NOT NULL,
+        key TEXT NOT NULL,
+        chunk_id TEXT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+        vector BLOB NOT NULL,
+        PRIMARY KEY (bot_id, embedder, key)
+    );
+    CREATE INDEX passage_vectors_chunk ON passage_vectors(chunk_id);
     """,
 ]
 
@@ -297,7 +310,7 @@ class SQLiteStore(Store):
                                          json.loads(r["metadata"])) for r in rows}
 
     def replace_document(self, bot, source, doc: LoadedDocument, chunks: Sequence[Chunk], vectors: np.ndarray,
-                         embedder: str) -> int:
+                         embedder: str, passages: Sequence[tuple[str, str, np.ndarray]] = ()) -> int:
         if len(chunks) != len(vectors):
             raise ValueError("one vector per chunk")
         blobs = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -331,6 +344,10 @@ class SQLiteStore(Store):
                                 (rowid, f"{doc.title} {heading}", chunk.text))
                 self.db.execute("INSERT INTO vectors(chunk_rowid, bot_id, embedder, vector) VALUES (?,?,?,?)",
                                 (rowid, bot.id, embedder, vec.tobytes()))
+            self.db.executemany(
+                "INSERT OR IGNORE INTO passage_vectors(bot_id, embedder, key, chunk_id, vector) VALUES (?,?,?,?,?)",
+                [(bot.id, embedder, key, cid, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                 for cid, key, v in passages])
             self._bump(bot.id)
         return doc_id
 
@@ -399,7 +416,8 @@ class SQLiteStore(Store):
     # chunk ids it quotes. erase() finds such tables through sqlite_master and deletes the rows that refer to
     # erased documents or chunks; a table that quotes text without one of these columns would escape erasure.
     _DERIVED_COLUMNS = ("document_id", "chunk_id", "chunk_ids", "citations")
-    _CORE_TABLES = frozenset({"meta", "bots", "sources", "documents", "chunks", "vectors", "audit"})
+    _CORE_TABLES = frozenset({"meta", "bots", "sources", "documents", "chunks", "vectors", "passage_vectors",
+                              "audit"})  # index tables: deleted with their chunks
 
     def _derived_columns(self) -> list[tuple[str, str]]:
         tables = self.db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall()
@@ -596,6 +614,18 @@ class SQLiteStore(Store):
             ).fetchall()
         )
         return [(names[r], float(scores[t])) for r, t in zip(rowids, top) if r in names]
+
+    def passage_vectors(self, bot: Bot, embedder: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            for start in range(0, len(unique), 500):
+                part = unique[start : start + 500]
+                rows = self.db.execute(
+                    f"SELECT key, vector FROM passage_vectors WHERE bot_id = ? AND embedder = ? AND key IN "
+                    f"({','.join('?' * len(part))})", (bot.id, embedder, *part)).fetchall()
+                out.update((r["key"], np.frombuffer(r["vector"], dtype=np.float32)) for r in rows)
+        return out
 
     def get_hits(self, bot: Bot, scored: Sequence[tuple[str, float]]) -> list[Hit]:
         if not scored:
