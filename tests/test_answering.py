@@ -24,7 +24,7 @@ class ScriptedGenerator(Generator):
         self.text = text
 
     def stream(self, messages, max_tokens=160, temperature=0.0, stop=None):
-        self.last_messages = messages
+        self.last_messages, self.max_tokens = messages, max_tokens
         for word in self.text.split(" "):
             yield word + " "
 
@@ -345,3 +345,15 @@ def test_sentence_vectors_kept_at_indexing_give_the_same_answers_as_embedding_th
         assert (kept.answer, kept.abstained) == (fresh.answer, fresh.abstained)
         assert kept.extra["evidence"]["support"] == pytest.approx(fresh.extra["evidence"]["support"], abs=1e-3)
     plain.close()
+
+
+def test_quote_mode_drops_a_run_on_addition_cut_at_quote_max_tokens(kb, settings):
+    q = "How long does a full battery charge take from empty?"
+    short = ScriptedGenerator("A full battery charge from empty takes about 4.5 hours")
+    rag(kb, settings, short, answer_mode="quote").answer(q)
+    assert short.max_tokens == settings.quote_max_tokens == 48
+    rag(kb, settings, short, answer_mode="auto").answer(q)
+    assert short.max_tokens == settings.max_tokens  # without a quote the model writes the whole answer
+    run_on = ScriptedGenerator(" ".join(["a full battery charge from empty takes about 4.5 hours and"] * 12))
+    b = rag(kb, settings, run_on, answer_mode="quote").answer(q)
+    assert "hours and" not in b.answer and not b.abstained and b.citations  # the quote stands alone

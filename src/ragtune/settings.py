@@ -114,6 +114,7 @@ class Settings:
     evidence_hits: int = _f(4, "top hits whose sentences are candidate evidence")
     evidence_rescue: int = _f(2, "chunks that dense or BM25 search alone ranks this high are candidate evidence "
                               "even when fusion ranks them lower (0 = fused hits only)")
+    quote_max_tokens: int = _f(48, "most tokens the model may add after a quote (answer_mode = quote): one sentence")
     quote_passages: int = _f(2, "most evidence passages quoted when they score within quote_margin of the best")
     quote_margin: float = _f(0.15, "a further passage is quoted only when it scores within this of the best")
     quote_other_documents: bool = _f(True, "a further quoted passage may come from another document than the "

@@ -380,7 +380,10 @@ class RagStrategy(Strategy):
             return (" " if len(kept) > 1 else "") + _with_marker(*item, cite_order=_order(kept))
 
         n_quoted, seen = len(kept), 0
-        pieces = self.generator.stream(messages, max_tokens=self.settings.max_tokens)
+        # after a quote the model adds one sentence: a run-on that never ends ("…the poetry.toml file that is
+        # stored in the poetry.toml file that…") is cut at quote_max_tokens, and its unfinished part is dropped
+        cap = min(self.settings.max_tokens, self.settings.quote_max_tokens) if quoting else self.settings.max_tokens
+        pieces = self.generator.stream(messages, max_tokens=cap)
         for piece in pieces:
             raw_parts.append(piece)
             buffer += piece
@@ -394,7 +397,8 @@ class RagStrategy(Strategy):
                 break
         if hasattr(pieces, "close"):
             pieces.close()  # ends the model's (or the endpoint's) stream when we stopped early
-        if buffer.strip() and (out := admit(buffer.strip())) is not None:
+        cut = quoting and self.generator.count_tokens("".join(raw_parts)) >= cap - 1
+        if buffer.strip() and not cut and (out := admit(buffer.strip())) is not None:
             yield out
         t_gen = (time.perf_counter() - t0) * 1000
         raw = "".join(raw_parts).strip()
