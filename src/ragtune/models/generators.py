@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
@@ -175,6 +176,9 @@ def smollm2_serving_path(models_dir: str | Path, cache: str | Path | None = None
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         os.close(fd)
+        log = logging.getLogger("llama-cpp-python")  # llama.cpp logs every tensor it converts
+        level = log.level
+        log.setLevel(logging.ERROR)
         try:
             if llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(), ctypes.byref(params)) != 0:
                 return source
@@ -183,6 +187,7 @@ def smollm2_serving_path(models_dir: str | Path, cache: str | Path | None = None
             os.replace(tmp, target)
             digest_file.write_text(digest + "\n", encoding="utf-8")
         finally:
+            log.setLevel(level)
             if os.path.exists(tmp):
                 os.unlink(tmp)
     except (ImportError, AttributeError, OSError):
