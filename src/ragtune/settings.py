@@ -104,7 +104,7 @@ class Settings:
     answer_type_bonus: float = _f(0.1, "evidence bonus for a passage holding the kind of value asked for "
                                   "(a duration for 'how long', a price for 'how much', ...)")
     evidence_window: int = _f(3, "most consecutive sentences quoted as one evidence passage")
-    evidence_seeds: int = _f(3, "windows of more than one sentence are scored only around this many best "
+    evidence_seeds: int = _f(4, "windows of more than one sentence are scored only around this many best "
                              "sentences")
     evidence_semantic_weight: float = _f(0.7, "weight of embedding similarity (vs rare-term overlap) in evidence scores")
     min_support_when_model_declines: float = _f(

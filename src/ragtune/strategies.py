@@ -397,7 +397,7 @@ class RagStrategy(Strategy):
                 break
         if hasattr(pieces, "close"):
             pieces.close()  # ends the model's (or the endpoint's) stream when we stopped early
-        cut = quoting and self.generator.count_tokens("".join(raw_parts)) >= cap - 1
+        cut = quoting and len(raw_parts) >= cap - 2  # streams yield about a token a piece: the cap was reached
         if buffer.strip() and not cut and (out := admit(buffer.strip())) is not None:
             yield out
         t_gen = (time.perf_counter() - t0) * 1000
