@@ -85,6 +85,27 @@ def test_changing_embedder_reembeds_and_never_mixes(settings, store, tmp_path):
     assert store.search_dense(bot, other.embed_query("alpha"), 5, other.identity)
 
 
+def test_sentence_vectors_are_added_to_documents_indexed_without_them(settings, store, tmp_path):
+    from ragtune import passages
+
+    kb = tmp_path / "kb"
+    write(kb, "a.md", "# A\n\nApples are red. Pears are green.")
+    write(kb, "b.md", "# B\n\nBananas are yellow.")
+    bot = store.ensure_bot("default")
+    register_sources(store, bot, [str(kb)], settings)
+    emb = HashEmbedder()
+    r = sync_bot(store, settings.replace(embed_sentences=False), bot, embedder=emb)  # an older store
+    assert r.added == 2
+    key = passages.unit_key(passages.unit_text("A", "Apples are red."))
+    assert store.passage_vectors(bot, emb.identity, [key]) == {}
+    r = sync_bot(store, settings.replace(embed_sentences=False), bot, embedder=emb)
+    assert r.unchanged == 2  # not asked for: nothing to do
+    r = sync_bot(store, settings, bot, embedder=emb)
+    assert (r.updated, r.unchanged) == (2, 0) and list(store.passage_vectors(bot, emb.identity, [key])) == [key]
+    r = sync_bot(store, settings, bot, embedder=emb)
+    assert r.unchanged == 2
+
+
 def test_poetry_docs_version_change(tmp_path, home):
     """The acceptance case: 1.8.5 → 2.4.1 in place = 1 added, 14 updated, 0 removed, 1 unchanged."""
     docs = tmp_path / "docs"

@@ -19,6 +19,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .types import Chunk
 
 
+INDEXED = "sentence_vectors"  # document metadata: its sentences were embedded when it was indexed
+
+
+def current(metadata: dict | None, embed_sentences: bool) -> bool:
+    """Whether a stored document is indexed as `embed_sentences` asks: sync re-indexes one whose sentences
+    were not embedded (a store indexed before sentence vectors existed gets them on the next sync)."""
+    return bool((metadata or {}).get(INDEXED)) or not embed_sentences
+
+
 def chunk_sentences(text: str) -> tuple[list[str], int]:
     """A chunk's quotable sentences (instruction-like ones removed) and how many were removed."""
     clean, removed = g.strip_injections(text)

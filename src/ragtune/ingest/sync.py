@@ -5,6 +5,7 @@ redacted before chunking when the bot asks for it (pii.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import os
@@ -173,7 +174,8 @@ def sync_bot(
                 report.failed.append({"source": key, "error": str(exc)})
                 continue
             if state and state.content_hash == digest and state.embedder == identity and (
-                    is_redacted(state.metadata) == redact):
+                    is_redacted(state.metadata) == redact) and (
+                    passages.current(state.metadata, settings.embed_sentences)):
                 report.unchanged += 1
             else:
                 pending.append(_Pending(path, key, digest, state is None))
@@ -276,8 +278,10 @@ def _store_loaded(ctx: _Context, source, loaded) -> None:
     vectors = embedder.embed(texts, batch_size=settings.embed_batch_size)
     offset = 0
     for is_new, doc, chunks in loaded:
-        rows = passages.index_rows(embedder, doc.title, chunks, settings.embed_batch_size) \
-            if settings.embed_sentences else ()
+        rows = ()
+        if settings.embed_sentences:
+            rows = passages.index_rows(embedder, doc.title, chunks, settings.embed_batch_size)
+            doc = dataclasses.replace(doc, metadata={**doc.metadata, passages.INDEXED: True})
         # a file edited between hashing and loading is stored with the hash of what was loaded
         store.replace_document(bot, source, doc, chunks, vectors[offset : offset + len(chunks)], embedder.identity,
                                rows)
@@ -308,7 +312,8 @@ def _sync_site(ctx: _Context, source: Source, on_document) -> bool:
         source.uri, CrawlLimits.from_settings(ctx.settings.replace(**{
             k: v for k, v in source.options.get("crawl", {}).items() if k in CRAWL_SETTINGS})), parse,
         states=states,
-        is_current=lambda s: s.embedder == identity and is_redacted(s.metadata) == ctx.redact,
+        is_current=lambda s: s.embedder == identity and is_redacted(s.metadata) == ctx.redact and
+        passages.current(s.metadata, ctx.settings.embed_sentences),
         allow_private=bool(ctx.settings.allow_private or source.options.get("allow_private")),
         skip=lambda url: path_hash(url) in forgotten,
     )
