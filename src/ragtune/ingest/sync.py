@@ -19,7 +19,7 @@ from .. import passages
 from ..errors import InputError, SourceError
 from ..models.embedders import Embedder, embedder_identity, open_embedder
 from ..settings import Settings
-from ..store import Bot, Source, Store
+from ..store import Bot, DocumentState, Source, Store
 from ..types import SyncReport
 from .chunking import chunk_document, embedding_text
 from .isolation import ParserPool
@@ -173,9 +173,7 @@ def sync_bot(
             except SourceError as exc:
                 report.failed.append({"source": key, "error": str(exc)})
                 continue
-            if state and state.content_hash == digest and state.embedder == identity and (
-                    is_redacted(state.metadata) == redact) and (
-                    passages.current(state.metadata, settings.embed_sentences)):
+            if state and state.content_hash == digest and _indexed_as_asked(state, identity, redact, settings):
                 report.unchanged += 1
             else:
                 pending.append(_Pending(path, key, digest, state is None))
@@ -271,6 +269,13 @@ def _ingest_group(ctx: _Context, source, group, max_bytes, bar, on_document) -> 
         bar.update(len(group))
 
 
+def _indexed_as_asked(state: DocumentState, identity: str, redact: bool, settings: Settings) -> bool:
+    """Whether a stored document was indexed the way the settings now ask (embedder, PII redaction, sentence
+    vectors): one that was not is re-indexed even when its content is unchanged."""
+    return state.embedder == identity and is_redacted(state.metadata) == redact and \
+        passages.current(state.metadata, settings.embed_sentences)
+
+
 def _store_loaded(ctx: _Context, source, loaded) -> None:
     """Embed a group of prepared documents together, then write each in its own transaction."""
     store, settings, bot, report, embedder = ctx.store, ctx.settings, ctx.bot, ctx.report, ctx.get_embedder()
@@ -312,8 +317,7 @@ def _sync_site(ctx: _Context, source: Source, on_document) -> bool:
         source.uri, CrawlLimits.from_settings(ctx.settings.replace(**{
             k: v for k, v in source.options.get("crawl", {}).items() if k in CRAWL_SETTINGS})), parse,
         states=states,
-        is_current=lambda s: s.embedder == identity and is_redacted(s.metadata) == ctx.redact and
-        passages.current(s.metadata, ctx.settings.embed_sentences),
+        is_current=lambda s: _indexed_as_asked(s, identity, ctx.redact, ctx.settings),
         allow_private=bool(ctx.settings.allow_private or source.options.get("allow_private")),
         skip=lambda url: path_hash(url) in forgotten,
     )
