@@ -1,6 +1,7 @@
 """The answer path: citations, abstention from evidence, injection resistance, bad input, follow-ups."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +96,25 @@ def test_unanswerable_question_abstains_with_handoff(kb, settings):
     a = RagStrategy(store, bot, settings, _EMB.setdefault("e", real_emb(settings)), liar).answer(
         "Which submarine models do you rent in Japan?")
     assert a.abstained and a.answer == "I don't know. Write to help@example.test." and a.citations == ()
+
+
+def test_a_hand_off_suggests_the_pages_it_searched(kb, settings):
+    """Below the bar to answer, the best page is often still the right one: it is offered as a place to look, one
+    entry per document, never as a citation; a question about nothing in the documents gets no pages."""
+    strict = settings.replace(min_support=0.99, min_support_agreed=0.99)
+    a = rag(kb, strict, EchoGenerator()).answer("How long does a full battery charge take from empty?")
+    assert a.abstained and a.citations == ()
+    pages = a.to_json()["suggestions"]
+    assert 1 <= len(pages) <= strict.suggest_pages and pages[0]["source"].endswith("battery-care.md")
+    assert len({p["source"] for p in pages}) == len(pages) and all(p["title"] and p["chunk_id"] for p in pages)
+    from ragtune.answer_cli import render_answer
+    assert "Pages that may help:" in render_answer(a) and "battery-care.md" in render_answer(a)
+    none = rag(kb, strict.replace(suggest_pages=0), EchoGenerator()).answer("How long does a full battery charge take?")
+    assert none.abstained and none.to_json()["suggestions"] == []
+    far = rag(kb, settings, EchoGenerator()).answer("Which submarine models do you rent in Japan?")
+    assert far.abstained and far.to_json()["suggestions"] == []
+    answered = rag(kb, settings, EchoGenerator()).answer("How long does a full battery charge take from empty?")
+    assert not answered.abstained and "suggestions" not in answered.to_json()
 
 
 def test_a_chunk_one_retriever_is_sure_of_is_candidate_evidence(kb, settings):
@@ -195,6 +215,32 @@ def test_cli_ask_json_and_errors(home):
         p = run_cli(home, *args, check=False)
         assert p.returncode == code, (args, p.stderr)
         assert words in p.stderr and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_cli_bench_answers_scores_what_it_printed(home):
+    """The benchmark's figures are recomputed here from its own per-question rows (a key fact in the answer and
+    the expected source cited; abstention on the unanswerable), with their 95% intervals."""
+    run_cli(home, "ingest", str(KB))
+    questions = EXAMPLES / "helpcenter" / "questions-v1.jsonl"
+    out = json.loads(run_cli(home, "bench", "answers", "--questions", str(questions), "--split", "dev", "--limit", "12",
+                             "--model", "echo", "--answer-mode", "extract", "--json").stdout)
+    rows = out["per_question"]
+    assert out["questions"] == len(rows) == 12 and out["split"] == "dev"
+    ans = [r for r in rows if r["answerable"]]
+    una = [r for r in rows if not r["answerable"]]
+    assert ans and una and out["answerable"] == len(ans)
+    for r in ans:
+        expected = (not r["abstained"] and any(k.lower() in r["answer"].lower() for k in r["expected"])
+                    and Path(r["expected_source"]).name in {Path(c).name for c in r["cited"]})
+        assert r["correct"] == expected, r
+    assert out["answer_accuracy"] == round(sum(r["correct"] for r in ans) / len(ans), 4)
+    assert out["abstention_accuracy"] == round(sum(r["abstained"] for r in una) / len(una), 4)
+    lo, hi = out["answer_accuracy_ci95"]
+    assert 0 <= lo <= out["answer_accuracy"] <= hi <= 1 and hi - lo > 0.1  # 12 questions cannot pin a rate down
+    assert out["false_abstentions"] == sum(r["abstained"] for r in ans)
+    assert 0 <= out["false_abstentions_with_right_page"] <= out["false_abstentions"]
+    assert out["unanswerable_with_suggestions"] == sum(bool(r["suggested"]) for r in una)
+    assert out["latency_ms_p50"] <= out["latency_ms_p95"]
 
 
 def test_cli_unreachable_endpoint_is_one_line(home):

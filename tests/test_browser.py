@@ -166,6 +166,20 @@ def test_chat_page_streams_an_answer_with_a_citation_and_takes_feedback(page, si
     assert not page.errors and not page.dialogs
 
 
+def test_chat_page_hand_off_lists_pages_that_may_help(page, site):
+    """Too little support to answer: the hand-off text, no citations, and the page searched offered as a button
+    that opens its passage."""
+    page.goto(f"{site['url']}/chat?bot=demo#key={site['key']}")
+    answer = ask(page, "Does the battery work in space?")
+    assert "abstained" in answer.get_attribute("class") and answer.locator("ol.cites").count() == 0
+    first = answer.locator(".suggestions button.cite").first
+    assert "Pages that may help" in answer.locator(".suggestions").inner_text()
+    first.click()
+    page.locator("#passage:not([hidden])").wait_for()
+    assert page.locator("#passage-source").inner_text().endswith("battery-care.md")
+    assert not page.errors and not page.dialogs
+
+
 def test_chat_page_asks_for_a_key_when_it_has_none(page, site):
     page.goto(f"{site['url']}/chat?bot=demo")
     page.evaluate("sessionStorage.clear()")

@@ -142,6 +142,11 @@ def test_bot_settings_change_strategy_handoff_and_validate(client):
     answer = client.post("/api/bots/demo/chat", json={"message": "Who won the 1998 chess olympiad?",
                                                       "stream": False}).json()
     assert answer["abstained"] and answer["answer"] == "Ask Sam at the desk."
+    assert answer["suggestions"] == []  # nothing in the documents is near the question
+    near = client.post("/api/bots/demo/chat", json={"message": "Does the battery work in space?", "stream": False}).json()
+    assert near["abstained"] and near["suggestions"][0]["source"].endswith("battery-care.md")
+    stored = client.get(f"/api/bots/demo/conversations/{near['conversation_id']}").json()["messages"][-1]
+    assert stored["meta"]["suggestions"] == near["suggestions"]
     client.patch("/api/bots/demo/settings", json={"strategy": "base"})
     assert client.post("/api/bots/demo/chat", json={"message": BATTERY_Q, "stream": False}).json()["strategy"] == "base"
     bad = client.patch("/api/bots/demo/settings", json={"model": "gpt-17"})
@@ -217,6 +222,9 @@ def test_openai_models_and_completion_with_citations(client):
     base = client.post("/v1/chat/completions", json={"model": "demo:base", "messages": [
         {"role": "user", "content": [{"type": "text", "text": BATTERY_Q}]}]}).json()
     assert base["ragtune"]["strategy"] == "base" and base["citations"] == []
+    off = client.post("/v1/chat/completions", json={"model": "demo", "messages": [
+        {"role": "user", "content": "Does the battery work in space?"}]}).json()
+    assert off["ragtune"]["abstained"] and off["ragtune"]["suggestions"][0]["source"].endswith("battery-care.md")
 
 
 def test_openai_stream_ends_with_done_and_carries_citations(client):

@@ -113,10 +113,17 @@ def cmd_ask(args, settings: Settings) -> int:
 
 
 def render_answer(answer: Answer) -> str:
-    lines = [answer.answer]
-    for i, c in enumerate(answer.citations, 1):
-        lines.append(f"  [{i}] {c.title} — {c.source}")
-    return "\n".join(lines)
+    return "\n".join([answer.answer, *source_lines(answer, "  ")])
+
+
+def source_lines(answer: Answer, indent: str) -> list[str]:
+    """The cited sources, or on a hand-off the pages suggested as places to look."""
+    lines = [f"{indent}[{i}] {c.title} — {c.source}" for i, c in enumerate(answer.citations, 1)]
+    pages = answer.extra.get("suggestions") or []
+    if pages:
+        lines.append(f"{indent}Pages that may help:")
+        lines += [f"{indent}  - {p['title']} — {p['source']}" for p in pages]
+    return lines
 
 
 @cli.command("chat")
@@ -157,8 +164,8 @@ def cmd_chat(args, settings: Settings) -> int:
                 print(f"(error: {exc})")
                 continue
             print()
-            for i, c in enumerate(final.citations, 1):
-                print(f"     [{i}] {c.title} — {c.source}")
+            for line in source_lines(final, "     "):
+                print(line)
             history += [{"role": "user", "content": line}, {"role": "assistant", "content": final.answer}]
             history = history[-12:]
     finally:

@@ -59,10 +59,12 @@ def index_rows(embedder: "Embedder", title: str, chunks: Sequence["Chunk"], batc
     return [(cid, unit_key(t), v) for (cid, t), v in zip(units, vectors)]
 
 
-def vectors(store: "Store", bot: "Bot", embedder: "Embedder", texts: Sequence[str]) -> np.ndarray:
-    """Vectors of passage texts, in order: those kept at indexing time from the store, the rest embedded now."""
+def vectors(store: "Store", bot: "Bot", embedder: "Embedder", texts: Sequence[str], kept_ones: bool = True
+            ) -> np.ndarray:
+    """Vectors of passage texts, in order: those kept at indexing time from the store, the rest embedded now
+    (`kept_ones` false: none can be kept, e.g. multi-sentence windows, so the store is not asked)."""
     keys = [unit_key(t) for t in texts]
-    kept = store.passage_vectors(bot, embedder.identity, keys) if texts else {}
+    kept = store.passage_vectors(bot, embedder.identity, keys) if texts and kept_ones else {}
     missing = [i for i, k in enumerate(keys) if k not in kept]
     fresh = embedder.embed([texts[i] for i in missing]) if missing or not texts else None
     if not kept:

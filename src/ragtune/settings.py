@@ -119,6 +119,10 @@ class Settings:
     quote_margin: float = _f(0.15, "a further passage is quoted only when it scores within this of the best")
     quote_other_documents: bool = _f(True, "a further quoted passage may come from another document than the "
                                      "best one (passages that disagree with it make the bot hand off instead)")
+    suggest_pages: int = _f(2, "when the bot hands off, at most this many pages it searched are offered as places to "
+                            "look (`suggestions` in answers; 0 = none)")
+    suggest_min_support: float = _f(0.4, "a page is suggested on hand-off only when its best passage scores at least "
+                                          "this (see min_support)")
     progress: bool = _f(True, "show progress bars on long work (RAGTUNE_NO_PROGRESS=1 turns them off)")
     # serving
     admin_key: str = _f("", "key that reaches every bot and the admin routes of `ragtune serve` (env "

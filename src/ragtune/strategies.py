@@ -194,7 +194,8 @@ class RagStrategy(Strategy):
         lexical = [g.coverage(question, f"{u[0]} {u[1]}", idf) for u in units]
         if self.embedder is not None and qvec is not None:
             texts = [passages.unit_text(u[0], u[1]) for u in units]
-            cosines = [float(c) for c in passages.vectors(self.store, self.bot, self.embedder, texts) @ qvec]
+            single = any(u[4] == 1 for u in units)  # only single sentences are kept at indexing time
+            cosines = [float(c) for c in passages.vectors(self.store, self.bot, self.embedder, texts, single) @ qvec]
         else:
             cosines = lexical
         a, bonus = self.settings.evidence_semantic_weight, self.settings.answer_type_bonus
@@ -265,6 +266,21 @@ class RagStrategy(Strategy):
         agreed = bool(retrieval.hits) and retrieval.hits[0].chunk_id == hit.chunk_id and hit.chunk_id in firsts
         return min(self.min_support, self.settings.min_support_agreed) if agreed else self.min_support
 
+    def _suggestions(self, evidence: list[Passage], hits: list[Hit]) -> list[Citation]:
+        """Pages worth a look when the bot hands off: the documents of the best evidence passages that score at
+        least `suggest_min_support` (below the bar to answer, often the right page all the same), best first, one
+        per document, at most `suggest_pages`. Offered as places to look, never as an answer."""
+        out: list[Citation] = []
+        seen: set[str] = set()
+        for e in evidence:
+            if len(out) >= self.settings.suggest_pages or e.score < self.settings.suggest_min_support:
+                break
+            h = hits[e.hit]
+            if h.document_id not in seen:
+                seen.add(h.document_id)
+                out.append(Citation(h.source, heading_path(h.title, h.heading) or h.title, h.chunk_id, e.text[:300]))
+        return out
+
     def _conflict(self, evidence: list[Passage], hits: list[Hit]) -> tuple[int, int] | None:
         """Two top passages from different documents that state different facts in the same words: answering
         from either would be a coin toss (e.g. an outdated copy beside the current page), so hand off."""
@@ -321,9 +337,10 @@ class RagStrategy(Strategy):
 
         def finish(text, citations, abstained, t_gen=0.0, **extra):
             total = (time.perf_counter() - started) * 1000
+            more = {"suggestions": [c.to_json() for c in self._suggestions(evidence, hits)]} if abstained else {}
             return Answer(text, abstained, tuple(citations), self.name, self.generator.name if self.mode != "extract"
                           else "extractive", {"retrieve": t_retrieve, "generate": t_gen, "total": total},
-                          {"evidence": {**info, **extra}})
+                          {"evidence": {**info, **extra}, **more})
 
         if not hits or best.score < self._bar(retrieval, hits[best.hit]):
             yield self.profile.handoff

@@ -277,6 +277,7 @@ class LlamaCppGenerator(Generator):
         self.seed = seed
         self._llm = None
         self._formatter = None  # the model's chat template (None: the model has none, nothing is kept)
+        self._prefixes: dict[tuple, list[int]] = {}  # system turns -> their prompt tokens (rendered once)
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
 
@@ -325,6 +326,14 @@ class LlamaCppGenerator(Generator):
         template = llm.metadata.get("tokenizer.chat_template")
         if not system or not template:
             return []
+        key = tuple((m.get("role"), m.get("content")) for m in system)
+        if key not in self._prefixes:
+            if len(self._prefixes) >= 16:  # a few bots' system prompts; anything beyond is rendered again
+                self._prefixes.clear()
+            self._prefixes[key] = self._render_prefix(llm, system, template)
+        return self._prefixes[key]
+
+    def _render_prefix(self, llm, system: list[Message], template: str) -> list[int]:
         if self._formatter is None:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 

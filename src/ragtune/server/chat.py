@@ -61,7 +61,7 @@ def answer_and_save(store, bot: Bot, strategy, question: str, history: Sequence[
     if final is None:  # pragma: no cover - every strategy ends with an Answer
         raise RuntimeError("the strategy ended without an answer")
     data = final.to_json()
-    meta = {k: data[k] for k in ("abstained", "strategy", "model", "timings_ms")}
+    meta = {k: data[k] for k in ("abstained", "strategy", "model", "timings_ms", "suggestions") if k in data}
     conv, ids = store.add_messages(bot, conversation_id, [
         {"role": "user", "content": question},
         {"role": "assistant", "content": final.answer, "citations": data["citations"], "meta": meta},

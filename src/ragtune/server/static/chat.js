@@ -70,19 +70,25 @@
     render(msg, data.answer, data.citations);
     msg.node.setAttribute("data-done", "1");
     if (data.abstained) msg.node.classList.add("abstained");
-    if (data.citations && data.citations.length) {
-      var list = el("ol", "cites");
-      data.citations.forEach(function (c) {
-        var li = el("li");
-        var b = el("button", "cite", c.title || c.source);
-        b.type = "button";
-        b.addEventListener("click", function () { openPassage(c); });
-        li.appendChild(b);
-        list.appendChild(li);
-      });
-      msg.node.appendChild(list);
+    if (data.citations && data.citations.length) msg.node.appendChild(pageList(el("ol", "cites"), data.citations));
+    if (data.suggestions && data.suggestions.length) {  // a hand-off still points at the pages it searched
+      var more = el("div", "suggestions", "Pages that may help:");
+      more.appendChild(pageList(el("ul"), data.suggestions));
+      msg.node.appendChild(more);
     }
     if (mode === "page" && data.message_id) msg.node.appendChild(feedbackBar(data.message_id));
+  }
+
+  function pageList(list, pages) {  // each page a button that opens its passage
+    pages.forEach(function (c) {
+      var li = el("li");
+      var b = el("button", "cite", c.title || c.source);
+      b.type = "button";
+      b.addEventListener("click", function () { openPassage(c); });
+      li.appendChild(b);
+      list.appendChild(li);
+    });
+    return list;
   }
 
   function feedbackBar(messageId) {
