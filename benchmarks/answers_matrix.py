@@ -3,6 +3,10 @@ Each set is indexed once into its own temporary bot; prints one JSON object per 
 (JSON lines), then a summary table.
 
     .venv/bin/python benchmarks/answers_matrix.py [--split test] [--configs rag:smollm2,base:smollm2,rag:qwen-0.5b]
+        [--calibrate dev]
+
+--calibrate SPLIT first sets each bot's hand-off bar with `ragtune calibrate` on that split of its questions (never
+the split being measured); rows then carry the bar as `calibrated`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--configs", default="rag-extract:smollm2,rag:smollm2,base:smollm2,rag:qwen-0.5b")
     ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--calibrate", metavar="SPLIT", help="calibrate each bot's hand-off bar on this split first")
     args = ap.parse_args()
+    if args.calibrate and args.calibrate in (args.split, "all"):
+        ap.error("calibrate on a split other than the one measured")
+    bars = {}
     summary = []
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "RAGTUNE_HOME": home, "RAGTUNE_NO_PROGRESS": "1"}
@@ -36,6 +44,12 @@ def main() -> None:
             docs, _ = SETS[name]
             subprocess.run([sys.executable, "-m", "ragtune", "ingest", str(docs), "--bot", name, "--json"],
                            env=env, check=True, capture_output=True)
+            if args.calibrate:
+                out = subprocess.run([sys.executable, "-m", "ragtune", "calibrate", "--questions", str(SETS[name][1]),
+                                      "--split", args.calibrate, "--bot", name, "--json"],
+                                     env=env, check=True, capture_output=True, text=True).stdout
+                bars[name] = json.loads(out)["chosen"]
+                print(json.dumps({"set": name, "calibrated_on": args.calibrate, **bars[name]}), flush=True)
         for config in args.configs.split(","):
             strategy, model = config.split(":")
             mode = []
@@ -53,6 +67,8 @@ def main() -> None:
                 else:
                     r = json.loads(proc.stdout)
                     row = {"config": config, "set": name, **{k: v for k, v in r.items() if k != "per_question"}}
+                    if name in bars:
+                        row["calibrated"] = {"on": args.calibrate, "min_support": bars[name]["min_support"]}
                 summary.append(row)
                 print(json.dumps(row), flush=True)
     print(json.dumps({"summary": [{k: r.get(k) for k in ("config", "set", "answer_accuracy", "abstention_accuracy",

@@ -149,6 +149,14 @@ def test_bot_settings_change_strategy_handoff_and_validate(client):
     assert stored["meta"]["suggestions"] == near["suggestions"]
     client.patch("/api/bots/demo/settings", json={"strategy": "base"})
     assert client.post("/api/bots/demo/chat", json={"message": BATTERY_Q, "stream": False}).json()["strategy"] == "base"
+    assert client.get("/api/bots/demo/settings").json()["min_support"] is None  # the server's setting applies
+    assert client.patch("/api/bots/demo/settings", json={"min_support": 0.99}).json()["min_support"] == 0.99
+    client.patch("/api/bots/demo/settings", json={"strategy": "rag"})
+    strict = client.post("/api/bots/demo/chat", json={"message": BATTERY_Q, "stream": False}).json()
+    assert strict["abstained"] and strict["evidence"]["support"] < 0.99
+    assert client.patch("/api/bots/demo/settings", json={"min_support": 1.5}).status_code in (400, 422)
+    client.patch("/api/bots/demo/settings", json={"min_support": 0.0})
+    assert not client.post("/api/bots/demo/chat", json={"message": BATTERY_Q, "stream": False}).json()["abstained"]
     bad = client.patch("/api/bots/demo/settings", json={"model": "gpt-17"})
     assert bad.status_code == 400 and "valid values" in bad.json()["error"]
     assert client.patch("/api/bots/demo/settings", json={"strategy": "magic"}).status_code == 400

@@ -38,6 +38,18 @@ def _add_parsers(sub, bench, common) -> None:
     b.add_argument("--split", default="all", help="only questions with this split field (dev/test); default all")
     b.add_argument("--limit", type=int, default=0, help="first N questions only")
     answer_flags(b)
+    c = sub.add_parser("calibrate", parents=[common], help="set the bot's hand-off bar from labelled questions",
+                       description="Answer a question file (same format as `bench answers`; use its dev split) "
+                       "with the hand-off bar off, then save as the bot's min_support the bar that answers the most "
+                       "questions right while handing off at least --target of the unanswerable ones. --json prints "
+                       "{bot, questions, answerable, unanswerable, target, previous, chosen, saved}; previous and "
+                       "chosen are {min_support, answer_accuracy, abstention_accuracy} on these questions.")
+    c.add_argument("--questions", metavar="FILE", help="JSONL questions ({question, answers, source, split})")
+    c.add_argument("--split", default="dev", help="only questions with this split field (default dev; all = every one)")
+    c.add_argument("--target", type=float, default=0.85,
+                   help="least share of unanswerable questions the bot must hand off (default 0.85)")
+    c.add_argument("--dry-run", action="store_true", help="report the bar without saving it")
+    c.add_argument("--reset", action="store_true", help="drop the bot's own bar (the min_support setting applies)")
     b = bench.add_parser("rgb", parents=[common], help="counterfactual robustness on RGB en_fact (wrong passages mixed in)",
                          description="For each RGB question, index its correct, wrong and irrelevant passages in a "
                          "temporary bot and report how often each strategy's answer follows a wrong passage.")
@@ -170,6 +182,49 @@ def cmd_chat(args, settings: Settings) -> int:
             history = history[-12:]
     finally:
         session.close()
+    return 0
+
+
+@cli.command("calibrate")
+def cmd_calibrate(args, settings: Settings) -> int:
+    from .errors import InputError
+    from .evaluate.answers_bench import load_questions
+    from .evaluate.calibrate import choose, observe, outcome
+    from .models.embedders import open_embedder
+    from .models.generators import EchoGenerator
+    from .store import open_store
+    from .strategies import BotProfile, RagStrategy, agreed_relief
+
+    if not 0.0 <= args.target <= 1.0:
+        raise InputError("--target must be between 0 and 1")
+    if not args.questions and not args.reset:
+        raise InputError("give --questions FILE (or --reset)")
+    with open_store(settings) as store:
+        bot = store.get_bot(settings.bot)
+        if args.reset:
+            bot = store.update_bot_settings(bot, {"min_support": None})
+            cli.emit(args, {"bot": bot.name, "reset": True, "min_support": settings.min_support},
+                     f"bot {bot.name!r} hands off below min_support {settings.min_support} again")
+            return 0
+        questions = load_questions(args.questions, split=args.split)
+        # quotes only (the model does not decide what is right), every support bar off
+        off = RagStrategy(store, bot, settings, open_embedder(settings), EchoGenerator(), answer_mode="extract",
+                          min_support=-2.0)
+        rows = observe(off, questions)
+        relief = agreed_relief(settings)
+        current = BotProfile.of(bot).min_support
+        before = outcome(rows, settings.min_support if current is None else current, relief)
+        chosen = choose(rows, args.target, relief)
+        if not args.dry_run:
+            store.update_bot_settings(bot, {"min_support": round(chosen.bar, 3)})
+    data = {"bot": bot.name, "questions": len(rows), "answerable": sum(r["answerable"] for r in rows),
+            "unanswerable": sum(not r["answerable"] for r in rows), "target": args.target,
+            "previous": before.to_json(), "chosen": chosen.to_json(), "saved": not args.dry_run}
+    b, c = data["previous"], data["chosen"]
+    cli.emit(args, data, f"min_support {b['min_support']} -> {c['min_support']} "
+             f"({'saved for' if data['saved'] else 'not saved;'} bot {bot.name!r}). On {len(rows)} questions: answer "
+             f"accuracy {b['answer_accuracy']} -> {c['answer_accuracy']}, abstention accuracy "
+             f"{b['abstention_accuracy']} -> {c['abstention_accuracy']}")
     return 0
 
 

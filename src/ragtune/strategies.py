@@ -56,12 +56,14 @@ class BotProfile:
     handoff: str = DEFAULT_HANDOFF
     system_prompt: str = DEFAULT_SYSTEM
     strategy: str = "rag"
+    min_support: float | None = None  # the bot's own hand-off bar (`ragtune calibrate`); None = the setting's
 
     @classmethod
     def of(cls, bot: Bot) -> "BotProfile":
         s = bot.settings
+        bar = s.get("min_support")
         return cls(s.get("handoff") or DEFAULT_HANDOFF, s.get("system_prompt") or DEFAULT_SYSTEM,
-                   s.get("strategy") or "rag")
+                   s.get("strategy") or "rag", float(bar) if bar is not None else None)
 
 
 def clean_question(question: str) -> str:
@@ -151,7 +153,7 @@ class RagStrategy(Strategy):
         self.mode = answer_mode or settings.answer_mode
         if self.mode not in ANSWER_MODES:
             raise ConfigError(f"unknown answer_mode {self.mode!r}; valid values: {', '.join(ANSWER_MODES)}")
-        self.min_support = settings.min_support if min_support is None else min_support
+        self.min_support = next(b for b in (min_support, self.profile.min_support, settings.min_support) if b is not None)
 
     # ------------------------------------------------------------------ evidence
     def _evidence(self, question: str, hits: list[Hit], qvec, fused: int | None = None
@@ -259,12 +261,18 @@ class RagStrategy(Strategy):
         """The passage with `more` sentences of its chunk either side."""
         return " ".join(split[p.hit][max(0, p.start - more): p.start + p.size + more]) or p.text
 
-    def _bar(self, retrieval, hit: Hit) -> float:
-        """The support the best passage needs: `min_support`, or the lower `min_support_agreed` when its chunk is
-        the one fused search ranks first and dense or BM25 search alone ranks first too."""
+    @staticmethod
+    def _agreed(retrieval, hit: Hit) -> bool:
+        """Whether the best passage's chunk is the one fused search ranks first and dense or BM25 search alone
+        ranks first too."""
         firsts = {ranked[0][0] for ranked in (retrieval.dense, retrieval.lexical) if ranked}
-        agreed = bool(retrieval.hits) and retrieval.hits[0].chunk_id == hit.chunk_id and hit.chunk_id in firsts
-        return min(self.min_support, self.settings.min_support_agreed) if agreed else self.min_support
+        return bool(retrieval.hits) and retrieval.hits[0].chunk_id == hit.chunk_id and hit.chunk_id in firsts
+
+    def bar(self, agreed: bool) -> float:
+        """The support the best passage needs: the bot's `min_support`; when the retrievers agree on its chunk,
+        that much less as `min_support_agreed` is below `min_support` in the settings (one knob: a bot's own bar
+        moves both)."""
+        return self.min_support - agreed_relief(self.settings) if agreed else self.min_support
 
     def _suggestions(self, evidence: list[Passage], hits: list[Hit]) -> list[Citation]:
         """Pages worth a look when the bot hands off: the documents of the best evidence passages that score at
@@ -342,7 +350,8 @@ class RagStrategy(Strategy):
                           else "extractive", {"retrieve": t_retrieve, "generate": t_gen, "total": total},
                           {"evidence": {**info, **extra}, **more})
 
-        if not hits or best.score < self._bar(retrieval, hits[best.hit]):
+        info["agreed"] = bool(hits) and self._agreed(retrieval, hits[best.hit])
+        if not hits or best.score < self.bar(info["agreed"]):
             yield self.profile.handoff
             yield finish(self.profile.handoff, [], True, reason="weak retrieval support")
             return
@@ -452,6 +461,11 @@ class RagStrategy(Strategy):
             quote = next((s.split('"', 1)[-1].rstrip('"') for s, j in kept if j == i), h.text[:300])
             cites.append(Citation(h.source, heading_path(h.title, h.heading) or h.title, h.chunk_id, quote[:300]))
         return text, cites
+
+
+def agreed_relief(settings: Settings) -> float:
+    """How much lower the hand-off bar is when dense or BM25 search alone ranks the answer's chunk first too."""
+    return max(0.0, settings.min_support - settings.min_support_agreed)
 
 
 def quote_text(passage: str, hit: Hit) -> str:

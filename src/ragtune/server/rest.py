@@ -70,7 +70,7 @@ def public_settings(bot: Bot) -> dict[str, Any]:
     profile = BotProfile.of(bot)
     return {"model": bot.settings.get("model") or "", "strategy": profile.strategy,
             "system_prompt": profile.system_prompt, "handoff": profile.handoff,
-            "redact_pii": bool(bot.settings.get("redact_pii"))}
+            "redact_pii": bool(bot.settings.get("redact_pii")), "min_support": profile.min_support}
 
 
 def source_json(s: Source) -> dict[str, Any]:
@@ -91,6 +91,8 @@ class BotSettings(BaseModel):
     strategy: str | None = Field(None, description="answering strategy, e.g. rag or base")
     system_prompt: str | None = Field(None, max_length=4000)
     handoff: str | None = Field(None, max_length=1000, description="what the bot says when it doesn't know")
+    min_support: float | None = Field(None, ge=0, le=1, description="the bot's own hand-off bar: evidence scoring "
+                                      "below it gets the handoff (`ragtune calibrate` sets it from labelled questions)")
 
 
 @router.get("/bots", tags=["bots"], summary="bots this key reaches, with document and chunk counts")
