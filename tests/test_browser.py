@@ -260,6 +260,28 @@ def test_admin_page_lists_sources_and_conversations(page, site):
     assert not page.errors
 
 
+def test_admin_page_edits_the_hand_off_bar(page, site):
+    import json
+    import urllib.request
+
+    def stored():
+        req = urllib.request.Request(f"{site['url']}/api/bots/demo/settings", headers={"Authorization": f"Bearer {ADMIN}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.load(r)["min_support"]
+
+    page.goto(f"{site['url']}/admin?bot=demo#key={ADMIN}")
+    page.locator("#sources tbody tr").first.wait_for()
+    field = page.locator("#set-min-support")
+    assert field.input_value() == "" and stored() is None  # the server's setting
+    field.fill("0.6")  # the default's value: the other tests' answers do not change
+    page.locator("#settings button[type=submit]").click()
+    page.get_by_text("settings saved").wait_for()
+    assert stored() == 0.6
+    page.reload()
+    playwright_api.expect(page.locator("#set-min-support")).to_have_value("0.6")  # loaded from the server
+    assert not page.errors
+
+
 def test_api_docs_render_offline(page, site):
     """Swagger UI loads its script and styles from this server (the page fixture aborts anything else)."""
     page.goto(f"{site['url']}/docs")

@@ -140,15 +140,18 @@
       document.getElementById("set-strategy").value = s.strategy;
       document.getElementById("set-system").value = s.system_prompt;
       document.getElementById("set-handoff").value = s.handoff;
+      document.getElementById("set-min-support").value = s.min_support === null ? "" : s.min_support;
     }).catch(fail);
   }
   document.getElementById("settings").addEventListener("submit", function (e) {
     e.preventDefault();
+    var bar = document.getElementById("set-min-support").value.trim();
     R.api("PATCH", base() + "/settings", {
       model: document.getElementById("set-model").value.trim(),
       strategy: document.getElementById("set-strategy").value,
       system_prompt: document.getElementById("set-system").value,
-      handoff: document.getElementById("set-handoff").value
+      handoff: document.getElementById("set-handoff").value,
+      min_support: bar === "" ? null : Number(bar)  // empty: left as it is
     }).then(function () { flash("settings saved"); }).catch(fail);
   });
 
