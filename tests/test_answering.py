@@ -153,7 +153,7 @@ def test_generate_mode_abstains_when_nothing_is_supported(kb, settings):
 
 def test_instructions_inside_documents_never_reach_the_model(kb, settings):
     spy = ScriptedGenerator("Gift cards are available.")
-    strategy = rag(kb, settings, spy)
+    strategy = rag(kb, settings, spy, answer_mode="auto")  # the model reads every retrieved chunk
     a = strategy.answer("Can I buy a gift card, and do gift cards expire?")
     prompt = json.dumps(spy.last_messages)
     assert "ignore all previous instructions" not in prompt.lower()
@@ -241,6 +241,11 @@ def test_cli_bench_answers_scores_what_it_printed(home):
     assert 0 <= out["false_abstentions_with_right_page"] <= out["false_abstentions"]
     assert out["unanswerable_with_suggestions"] == sum(bool(r["suggested"]) for r in una)
     assert out["latency_ms_p50"] <= out["latency_ms_p95"]
+    assert out["model_ran"] == sum(r["model_ran"] for r in rows) == 0  # extract mode: no model
+    auto = json.loads(run_cli(home, "bench", "answers", "--questions", str(questions), "--split", "dev", "--limit",
+                              "12", "--model", "echo", "--answer-mode", "auto", "--json").stdout)
+    assert 0 < auto["model_ran"] == sum(not r["abstained"] for r in auto["per_question"])  # every answer: the model's
+    assert auto["model_ran_latency_ms_p50"] <= auto["model_ran_latency_ms_p95"]
 
 
 def test_cli_unreachable_endpoint_is_one_line(home):
@@ -403,3 +408,16 @@ def test_quote_mode_drops_a_run_on_addition_cut_at_quote_max_tokens(kb, settings
     run_on = ScriptedGenerator(" ".join(["a full battery charge from empty takes about 4.5 hours and"] * 12))
     b = rag(kb, settings, run_on, answer_mode="quote").answer(q)
     assert "hours and" not in b.answer and not b.abstained and b.citations  # the quote stands alone
+
+
+def test_quote_mode_runs_the_model_only_for_a_question_asking_for_a_value(kb, settings):
+    """After a quote the model may add only the kind of value asked for (duration, price, time, …): for a
+    question asking for none, the quote is the whole answer and the model is not run."""
+    spy = ScriptedGenerator("The charger's light turns green when charging is complete.")
+    a = rag(kb, settings, spy, answer_mode="quote").answer("What should I do if my battery swells or smells of burning?")
+    assert not hasattr(spy, "last_messages") and a.model == "extractive"
+    assert not a.abstained and a.citations and a.citations[0].source.endswith("battery-care.md")
+    asked = ScriptedGenerator("The charger's light turns green when charging is complete.")
+    b = rag(kb, settings, asked, answer_mode="quote").answer("How many hours does a full battery charge take from empty?")
+    assert hasattr(asked, "last_messages") and b.model == "scripted" and "4.5 hours" in b.answer
+

@@ -86,7 +86,8 @@ def site(tmp_path_factory, evil):
         "# Spring promotion\n\nThe spring promotion code BLOOM25 <img src=x onerror=\"window.__xss='doc'\"> "
         "<script>window.__xss='docscript'</script> gives 25% off all helmets.\n")
     home = root / "home"
-    settings = make_settings(home, admin_key=ADMIN, rate_limit=0)
+    # auto mode: the (paced) model writes each answer, so streams are visibly streams
+    settings = make_settings(home, admin_key=ADMIN, rate_limit=0, answer_mode="auto")
     index(settings, {"demo": [KB, promo], "probe": [KB]}, {"probe": {"strategy": "base"}})
     store = SQLiteStore(home / "ragtune.db")
     key, _ = create_key(store, store.get_bot("demo"), "key")

@@ -99,7 +99,8 @@ def test_cors_only_for_configured_origins(home):
 
 
 def test_chat_streams_tokens_then_done_with_citations_and_stores_the_conversation(home):
-    with local_client(app_for(home, PacedGenerator(delay=0))) as c:
+    # auto mode: the model writes the answer, so it streams word by word (a quote arrives in one piece)
+    with local_client(app_for(home, PacedGenerator(delay=0), answer_mode="auto")) as c:
         r = c.post("/api/bots/demo/chat", json={"message": BATTERY_Q})
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r.text)

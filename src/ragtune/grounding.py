@@ -252,11 +252,17 @@ _ANSWER_TYPES = [
     (r"\bcommand\b|\bhow (?:do|can|should) i (?:run|install|add|activate|create|remove|update|build|publish|export)\b",
      r"`[^`]+`|^\s*\$?\s*[a-z][\w.-]*\s+[a-z-]+"),
     (r"\bsetting\b|\boption\b|\bconfig(?:uration)?\s+(?:key|value)\b", r"\b[a-z][\w-]*\.[a-z][\w.-]*\b|`[^`]+`"),
-    (r"\bwhere\b", r"[~/][\w./ -]+|\b(?:at|in|on)\s+(?:the\s+)?[A-Z]"),
+    (r"\bwhere\b", r"[~/][\w./ -]+|\b(?:at|in|on)\s+(?:the\s+)?(?-i:[A-Z])"),  # a path, or "in/at/on" + a Name
     (r"\b(phone|call|telephone)\b", r"\+?\d[\d\s().-]{6,}\d"),
     (r"\be-?mail\b", r"\b[\w.+-]+@[\w-]+\.[\w.]+\b"),
 ]
 _ANSWER_TYPES_C = [(re.compile(q, re.IGNORECASE), re.compile(a, re.IGNORECASE | re.MULTILINE)) for q, a in _ANSWER_TYPES]
+
+
+def asks_for_value(question: str) -> bool:
+    """True when the question asks for a kind of value `answer_type_match` knows (duration, price, time,
+    version, command, setting, place, phone, email)."""
+    return any(q.search(question) for q, _ in _ANSWER_TYPES_C)
 
 
 def answer_type_match(question: str, passage: str) -> bool:

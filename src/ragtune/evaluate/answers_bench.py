@@ -48,6 +48,14 @@ def is_correct(answer: Answer, case: dict[str, Any], require_citation: bool = Tr
     return any(Path(c.source).name == Path(case["source"]).name for c in answer.citations)
 
 
+def _model_ran(answer: Answer) -> bool:
+    """Whether the generator wrote (part of) this answer: not an extractive one, nor a hand-off decided before
+    the model ran (rag records what the model said as evidence.raw_answer; strategies without evidence always
+    run it)."""
+    evidence = answer.extra.get("evidence")
+    return answer.model != "extractive" and (evidence is None or "raw_answer" in evidence)
+
+
 def _names(sources) -> set[str]:
     return {Path(s).name for s in sources if s}
 
@@ -73,9 +81,10 @@ def bench_answers(strategy, questions: list[dict[str, Any]]) -> dict[str, Any]:
                     "expected": case["answers"], "expected_source": case["source"],
                     "cited": [c.source for c in final.citations],
                     "suggested": [c["source"] for c in final.extra.get("suggestions", [])], "ms": round(total, 1),
-                    "evidence": final.extra.get("evidence")})
+                    "evidence": final.extra.get("evidence"), "model_ran": _model_ran(final)})
     ans = [p for p in per if p["answerable"]]
     una = [p for p in per if not p["answerable"]]
+    ran = [p["ms"] for p in per if p["model_ran"]]
     rate = lambda xs: round(sum(p["correct"] for p in xs) / len(xs), 4) if xs else None  # noqa: E731
 
     def interval(xs):
@@ -96,5 +105,8 @@ def bench_answers(strategy, questions: list[dict[str, Any]]) -> dict[str, Any]:
         "unanswerable_with_suggestions": sum(bool(p["suggested"]) for p in una),
         "latency_ms_p50": round(percentile(latencies, 50), 1), "latency_ms_p95": round(percentile(latencies, 95), 1),
         "first_token_ms_p50": round(percentile(ttfts, 50), 1), "first_token_ms_p95": round(percentile(ttfts, 95), 1),
+        # answers the model wrote part of (quote mode runs it only when a value is asked for) and their latency
+        "model_ran": len(ran), "model_ran_latency_ms_p50": round(percentile(ran, 50), 1) if ran else None,
+        "model_ran_latency_ms_p95": round(percentile(ran, 95), 1) if ran else None,
         "per_question": per,
     }
