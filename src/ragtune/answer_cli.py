@@ -210,7 +210,7 @@ def cmd_calibrate(args, settings: Settings) -> int:
         # quotes only (the model does not decide what is right), every support bar off
         off = RagStrategy(store, bot, settings, open_embedder(settings), EchoGenerator(), answer_mode="extract",
                           min_support=-2.0)
-        rows = observe(off, questions)
+        rows = observe(off, questions, settings.progress)
         relief = agreed_relief(settings)
         current = BotProfile.of(bot).min_support
         before = outcome(rows, settings.min_support if current is None else current, relief)
@@ -251,7 +251,7 @@ def cmd_bench_answers(args, settings: Settings) -> int:
         questions = questions[: args.limit]
     session = open_session(settings, args.strategy)
     try:
-        result = bench_answers(session.strategy, questions)
+        result = bench_answers(session.strategy, questions, settings.progress)
     finally:
         session.close()
     result.update({"questions_file": args.questions, "split": args.split, "bot": settings.bot})

@@ -96,10 +96,12 @@ class Settings:
         ("auto", "generate", "extract", "quote"),
     )
     min_support: float = _f(0.6, "abstain when the best evidence passage scores below this (similarity to the "
-                            "question blended with the share of its rare terms, 0..1)")
+                            "question blended with the share of its rare terms, 0..1); a bot's own bar (`ragtune "
+                            "calibrate`) takes its place")
     min_support_agreed: float = _f(0.5, "the lower bar used instead of min_support when the best passage comes from "
                                    "the chunk that fused search ranks first and dense or BM25 search alone ranks first "
-                                   "too (every signal points at the same place)")
+                                   "too (every signal points at the same place); a bot with its own bar gets it "
+                                   "lowered by the same amount")
     conflict_margin: float = _f(0.05, "passages scoring within this of the best are checked for disagreeing facts")
     answer_type_bonus: float = _f(0.1, "evidence bonus for a passage holding the kind of value asked for "
                                   "(a duration for 'how long', a price for 'how much', ...)")

@@ -60,9 +60,14 @@ def _names(sources) -> set[str]:
     return {Path(s).name for s in sources if s}
 
 
-def bench_answers(strategy, questions: list[dict[str, Any]]) -> dict[str, Any]:
+def bench_answers(strategy, questions: list[dict[str, Any]], progress: bool = False) -> dict[str, Any]:
+    import sys
+
+    from tqdm import tqdm
+
     per, latencies, ttfts = [], [], []
-    for case in questions:
+    for case in tqdm(questions, desc=f"answering ({strategy.name})", unit="q", disable=not progress, file=sys.stderr,
+                     leave=False):
         started = time.perf_counter()
         first = None
         final = None

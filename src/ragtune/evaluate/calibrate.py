@@ -25,11 +25,11 @@ class Outcome:
                 "abstention_accuracy": round(self.abstention_accuracy, 4)}
 
 
-def observe(strategy, questions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def observe(strategy, questions: Sequence[dict[str, Any]], progress: bool = False) -> list[dict[str, Any]]:
     """Per-question rows of `bench answers` for a strategy whose support bars are off."""
     from .answers_bench import bench_answers
 
-    return bench_answers(strategy, questions)["per_question"]
+    return bench_answers(strategy, list(questions), progress)["per_question"]
 
 
 def outcome(rows: Sequence[dict[str, Any]], bar: float, relief: float) -> Outcome:
