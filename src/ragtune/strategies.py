@@ -382,8 +382,7 @@ class RagStrategy(Strategy):
         # quote mode: the model only adds to the quote, so it reads only the quoted passages and the sentence
         # either side of each (prompt evaluation is most of a small CPU model's latency), and stops after its
         # first complete sentence (kept or not: on the Poetry and help-centre v1 dev questions no later one was
-        # ever kept, and stopping early
-        # took the model's part of a Poetry answer from p50 1.5 s to 1.3 s)
+        # ever kept, and stopping early took answers the model ran for from p50 1.5 s to 1.3 s on Poetry)
         quoting = self.mode == "quote" and bool(quoted)
         if quoting:
             context, used = self._pack([hits[p.hit] for p in quoted], [self._surroundings(p, split) for p in quoted])
