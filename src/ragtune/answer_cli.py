@@ -212,8 +212,7 @@ def cmd_calibrate(args, settings: Settings) -> int:
                           min_support=-2.0)
         rows = observe(off, questions, settings.progress)
         relief = agreed_relief(settings)
-        current = BotProfile.of(bot).min_support
-        before = outcome(rows, settings.min_support if current is None else current, relief)
+        before = outcome(rows, BotProfile.of(bot).support_bar(settings), relief)
         chosen = choose(rows, args.target, relief)
         if not args.dry_run:
             store.update_bot_settings(bot, {"min_support": round(chosen.bar, 3)})

@@ -65,6 +65,10 @@ class BotProfile:
         return cls(s.get("handoff") or DEFAULT_HANDOFF, s.get("system_prompt") or DEFAULT_SYSTEM,
                    s.get("strategy") or "rag", float(bar) if bar is not None else None)
 
+    def support_bar(self, settings: Settings) -> float:
+        """The hand-off bar this bot answers with: its own, else the `min_support` setting."""
+        return settings.min_support if self.min_support is None else self.min_support
+
 
 def clean_question(question: str) -> str:
     """Validate a user question: control characters dropped, whitespace collapsed, size bounded."""
@@ -153,7 +157,7 @@ class RagStrategy(Strategy):
         self.mode = answer_mode or settings.answer_mode
         if self.mode not in ANSWER_MODES:
             raise ConfigError(f"unknown answer_mode {self.mode!r}; valid values: {', '.join(ANSWER_MODES)}")
-        self.min_support = next(b for b in (min_support, self.profile.min_support, settings.min_support) if b is not None)
+        self.min_support = self.profile.support_bar(settings) if min_support is None else min_support
 
     # ------------------------------------------------------------------ evidence
     def _evidence(self, question: str, hits: list[Hit], qvec, fused: int | None = None
@@ -272,7 +276,7 @@ class RagStrategy(Strategy):
         """The support the best passage needs: the bot's `min_support`; when the retrievers agree on its chunk,
         that much less as `min_support_agreed` is below `min_support` in the settings (one knob: a bot's own bar
         moves both)."""
-        return self.min_support - agreed_relief(self.settings) if agreed else self.min_support
+        return hand_off_bar(self.min_support, agreed, agreed_relief(self.settings))
 
     def _suggestions(self, evidence: list[Passage], hits: list[Hit]) -> list[Citation]:
         """Pages worth a look when the bot hands off: the documents of the best evidence passages that score at
@@ -466,6 +470,12 @@ class RagStrategy(Strategy):
             quote = next((s.split('"', 1)[-1].rstrip('"') for s, j in kept if j == i), h.text[:300])
             cites.append(Citation(h.source, heading_path(h.title, h.heading) or h.title, h.chunk_id, quote[:300]))
         return text, cites
+
+
+def hand_off_bar(min_support: float, agreed: bool, relief: float) -> float:
+    """The support the best passage needs: `min_support`, less `relief` when the retrievers agree on its chunk
+    (one rule for answering and for `ragtune calibrate`'s replay of it)."""
+    return min_support - relief if agreed else min_support
 
 
 def agreed_relief(settings: Settings) -> float:

@@ -3,6 +3,7 @@ the right source cited), abstention accuracy on unanswerable questions, latency 
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,6 @@ def _names(sources) -> set[str]:
 
 
 def bench_answers(strategy, questions: list[dict[str, Any]], progress: bool = False) -> dict[str, Any]:
-    import sys
-
     from tqdm import tqdm
 
     per, latencies, ttfts = [], [], []

@@ -35,10 +35,11 @@ def observe(strategy, questions: Sequence[dict[str, Any]], progress: bool = Fals
 def outcome(rows: Sequence[dict[str, Any]], bar: float, relief: float) -> Outcome:
     """What the rows would score with `bar` as min_support (`relief`: how much lower the bar is for a passage
     the retrievers agree on; see strategies.agreed_relief)."""
+    from ..strategies import hand_off_bar
+
     def answered(r) -> bool:
         ev = r.get("evidence") or {}
-        need = bar - relief if ev.get("agreed") else bar
-        return not r["abstained"] and ev.get("support", 0.0) >= need
+        return not r["abstained"] and ev.get("support", 0.0) >= hand_off_bar(bar, bool(ev.get("agreed")), relief)
 
     ans = [r for r in rows if r["answerable"]]
     una = [r for r in rows if not r["answerable"]]

@@ -87,7 +87,8 @@ async def chat_completions(body: ChatCompletionRequest, s=Depends(services), who
     def extras(final: Answer, saved: Saved) -> dict[str, Any]:
         data = final.to_json()
         return {"citations": data["citations"],
-                "ragtune": {"abstained": final.abstained, "suggestions": data.get("suggestions", []), "strategy": final.strategy, "model": final.model,
+                "ragtune": {"abstained": final.abstained, "suggestions": data.get("suggestions", []),
+                            "strategy": final.strategy, "model": final.model,
                             "timings_ms": data["timings_ms"], "conversation_id": saved.conversation_id,
                             "message_id": saved.message_id}}
 
