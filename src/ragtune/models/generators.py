@@ -265,7 +265,7 @@ class LlamaCppGenerator(Generator):
     def __init__(self, model_path: str | Path, name: str, n_ctx: int = 2048, n_threads: int = 0,
                  lora_path: str | Path | None = None, *, sha256: str | None = None,
                  verify_cache: str | Path | None = None, seed: int = 0,
-                 resolve: "Callable[[], Path] | None" = None) -> None:
+                 resolve: "Callable[[], Path] | None" = None, flash_attention: bool = True) -> None:
         self.model_path = Path(model_path)
         self.resolve = resolve  # makes the file on first load (e.g. the default model's Q8_0 copy)
         self.name = name
@@ -275,6 +275,7 @@ class LlamaCppGenerator(Generator):
         self.sha256 = sha256
         self.verify_cache = verify_cache
         self.seed = seed
+        self.flash_attention = flash_attention
         self._llm = None
         self._formatter = None  # the model's chat template (None: the model has none, nothing is kept)
         self._prefixes: dict[tuple, list[int]] = {}  # system turns -> their prompt tokens (rendered once)
@@ -306,7 +307,7 @@ class LlamaCppGenerator(Generator):
         try:
             return llama_cpp.Llama(
                 model_path=str(self.model_path), n_ctx=self.context_tokens, n_threads=self.n_threads,
-                n_threads_batch=self.n_threads, seed=self.seed, verbose=False,
+                n_threads_batch=self.n_threads, seed=self.seed, verbose=False, flash_attn=self.flash_attention,
                 lora_path=str(self.lora_path) if self.lora_path else None,
             )
         except Exception as exc:  # llama.cpp reports a bad file as ValueError / RuntimeError
@@ -614,4 +615,5 @@ def open_generator(settings: "Settings", home: Path | None = None,
     if lora_path:
         name = f"{name}+lora:{Path(lora_path).stem}"
     return LlamaCppGenerator(path, name, n_ctx=settings.context_tokens, n_threads=settings.n_threads,
-                             lora_path=lora_path, sha256=sha, verify_cache=cache, resolve=resolve)
+                             lora_path=lora_path, sha256=sha, verify_cache=cache, resolve=resolve,
+                             flash_attention=settings.flash_attention)
