@@ -5,6 +5,8 @@ Each set is indexed once into its own temporary bot; prints one JSON object per 
     .venv/bin/python benchmarks/answers_matrix.py [--split test] [--configs rag:smollm2,base:smollm2,rag:qwen-0.5b]
         [--calibrate dev]
 
+A model written `smollm2@torch` runs on the torch runtime (generator_runtime) instead of llama.cpp.
+
 --calibrate SPLIT first sets each bot's hand-off bar with `ragtune calibrate` on that split of its questions (never
 the split being measured); rows then carry the bar as `calibrated`.
 """
@@ -52,6 +54,7 @@ def main() -> None:
                 print(json.dumps({"set": name, "calibrated_on": args.calibrate, **bars[name]}), flush=True)
         for config in args.configs.split(","):
             strategy, model = config.split(":")
+            model, _, runtime = model.partition("@")  # smollm2@torch: the torch runtime for a local GGUF model
             mode = []
             if strategy.startswith("rag-"):
                 strategy, m = strategy.split("-", 1)
@@ -61,7 +64,8 @@ def main() -> None:
                 proc = subprocess.run(
                     [sys.executable, "-m", "ragtune", "bench", "answers", "--questions", str(questions), "--bot", name,
                      "--split", args.split, "--strategy", strategy, "--model", model, *mode, "--json"],
-                    env=env, capture_output=True, text=True)
+                    env={**env, "RAGTUNE_GENERATOR_RUNTIME": runtime} if runtime else env, capture_output=True,
+                    text=True)
                 if proc.returncode:
                     row = {"config": config, "set": name, "error": proc.stderr.strip()}
                 else:
@@ -72,7 +76,7 @@ def main() -> None:
                 summary.append(row)
                 print(json.dumps(row), flush=True)
     print(json.dumps({"summary": [{k: r.get(k) for k in ("config", "set", "answer_accuracy", "abstention_accuracy",
-                                                          "latency_ms_p50", "latency_ms_p95", "first_token_ms_p50",
+                                                          "latency_ms_p50", "latency_ms_p95", "first_token_ms_p50", "context_tokens_p50",
                                                           "error")} for r in summary]}))
 
 

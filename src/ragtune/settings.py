@@ -49,6 +49,8 @@ class Settings:
     generator_model: str = _f("", "model name sent to the chat endpoint")
     generator_api_key_env: str = _f("OPENAI_API_KEY", "name of the environment variable holding the endpoint's key")
     threads: int = _f(0, "CPU threads for local models (0 = all cores)")
+    generator_runtime: str = _f("llama.cpp", "engine for local GGUF models: llama.cpp, or torch (Llama-family "
+                                "models; reads long prompts ~5x faster on CPUs with bf16 matrix units, AMX)")
     flash_attention: bool = _f(True, "llama.cpp reads prompts with flash attention (measured 1.3x faster on 1,000 "
                                "tokens on a 2-core CPU; same answers to within rounding)")
     max_tokens: int = _f(160, "most tokens a generated answer may have")
@@ -118,6 +120,8 @@ class Settings:
     evidence_hits: int = _f(4, "top hits whose sentences are candidate evidence")
     evidence_rescue: int = _f(2, "chunks that dense or BM25 search alone ranks this high are candidate evidence "
                               "even when fusion ranks them lower (0 = fused hits only)")
+    answer_sentences: int = _f(0, "most supported sentences a generated answer keeps before the model is stopped "
+                               "(answer_mode = auto/generate; 0 = up to max_tokens)")
     quote_max_tokens: int = _f(48, "most tokens the model may add after a quote (answer_mode = quote): one sentence")
     quote_passages: int = _f(2, "most evidence passages quoted when they score within quote_margin of the best")
     quote_margin: float = _f(0.15, "a further passage is quoted only when it scores within this of the best")

@@ -430,6 +430,9 @@ class RagStrategy(Strategy):
             if quoting and (len(kept) > n_quoted or seen >= 1):
                 buffer = ""
                 break
+            if not quoting and self.settings.answer_sentences and len(kept) >= self.settings.answer_sentences:
+                buffer = ""  # enough said: the rest would only cost time
+                break
         if hasattr(pieces, "close"):
             pieces.close()  # ends the model's (or the endpoint's) stream when we stopped early
         cut = quoting and len(raw_parts) >= cap - 2  # streams yield about a token a piece: the cap was reached

@@ -89,6 +89,7 @@ def bench_answers(strategy, questions: list[dict[str, Any]], progress: bool = Fa
     ans = [p for p in per if p["answerable"]]
     una = [p for p in per if not p["answerable"]]
     ran = [p["ms"] for p in per if p["model_ran"]]
+    read = [p["evidence"]["context_tokens"] for p in per if p["model_ran"] and "context_tokens" in (p["evidence"] or {})]
     rate = lambda xs: round(sum(p["correct"] for p in xs) / len(xs), 4) if xs else None  # noqa: E731
 
     def interval(xs):
@@ -112,5 +113,8 @@ def bench_answers(strategy, questions: list[dict[str, Any]], progress: bool = Fa
         # answers the model wrote part of (quote mode runs it only when a value is asked for) and their latency
         "model_ran": len(ran), "model_ran_latency_ms_p50": round(percentile(ran, 50), 1) if ran else None,
         "model_ran_latency_ms_p95": round(percentile(ran, 95), 1) if ran else None,
+        # tokens of sources the model read besides the question, where it ran
+        "context_tokens_p50": round(percentile(read, 50)) if read else None,
+        "context_tokens_max": max(read) if read else None,
         "per_question": per,
     }

