@@ -5,7 +5,9 @@ Each set is indexed once into its own temporary bot; prints one JSON object per 
     .venv/bin/python benchmarks/answers_matrix.py [--split test] [--configs rag:smollm2,base:smollm2,rag:qwen-0.5b]
         [--calibrate dev]
 
-A model written `smollm2@torch` runs on the torch runtime (generator_runtime) instead of llama.cpp.
+A model written `smollm2@torch` runs on the torch runtime (generator_runtime) instead of llama.cpp, and
+`+name=value` after it sets any other setting for that configuration, e.g.
+`--configs rag:smollm2,rag:smollm2@torch+quote_context=retrieved`.
 
 --calibrate SPLIT first sets each bot's hand-off bar with `ragtune calibrate` on that split of its questions (never
 the split being measured); rows then carry the bar as `calibrated`.
@@ -54,7 +56,11 @@ def main() -> None:
                 print(json.dumps({"set": name, "calibrated_on": args.calibrate, **bars[name]}), flush=True)
         for config in args.configs.split(","):
             strategy, model = config.split(":")
+            model, *extra = model.split("+")  # smollm2+quote_context=retrieved: settings for this configuration
             model, _, runtime = model.partition("@")  # smollm2@torch: the torch runtime for a local GGUF model
+            config_env = {f"RAGTUNE_{k.upper()}": v for k, v in (e.split("=", 1) for e in extra)}
+            if runtime:
+                config_env["RAGTUNE_GENERATOR_RUNTIME"] = runtime
             mode = []
             if strategy.startswith("rag-"):
                 strategy, m = strategy.split("-", 1)
@@ -64,8 +70,7 @@ def main() -> None:
                 proc = subprocess.run(
                     [sys.executable, "-m", "ragtune", "bench", "answers", "--questions", str(questions), "--bot", name,
                      "--split", args.split, "--strategy", strategy, "--model", model, *mode, "--json"],
-                    env={**env, "RAGTUNE_GENERATOR_RUNTIME": runtime} if runtime else env, capture_output=True,
-                    text=True)
+                    env={**env, **config_env}, capture_output=True, text=True)
                 if proc.returncode:
                     row = {"config": config, "set": name, "error": proc.stderr.strip()}
                 else:

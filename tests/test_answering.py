@@ -421,3 +421,18 @@ def test_quote_mode_runs_the_model_only_for_a_question_asking_for_a_value(kb, se
     b = rag(kb, settings, asked, answer_mode="quote").answer("How many hours does a full battery charge take from empty?")
     assert hasattr(asked, "last_messages") and b.model == "scripted" and "4.5 hours" in b.answer
 
+
+
+def test_quote_context_retrieved_lets_the_model_read_every_retrieved_chunk(kb, settings):
+    """quote_context = retrieved: the model adding to a quote reads every retrieved chunk (for runtimes that
+    read long prompts fast), not only the quoted passages; the quote and its citation are the same."""
+    q = "How many hours does a full battery charge take from empty?"
+    short = ScriptedGenerator("A full battery charge from empty takes about 4.5 hours.")
+    a = rag(kb, settings, short, answer_mode="quote").answer(q)
+    quoted_prompt = short.last_messages[-1]["content"]
+    wide = ScriptedGenerator("A full battery charge from empty takes about 4.5 hours.")
+    b = rag(kb, settings.replace(quote_context="retrieved"), wide, answer_mode="quote").answer(q)
+    retrieved_prompt = wide.last_messages[-1]["content"]
+    assert b.extra["evidence"]["context_tokens"] > 2 * a.extra["evidence"]["context_tokens"]
+    assert retrieved_prompt.count("\n[") > quoted_prompt.count("\n[")  # more numbered sources
+    assert a.answer.split('"')[1] == b.answer.split('"')[1] and a.citations[0] == b.citations[0]

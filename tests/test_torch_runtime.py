@@ -82,8 +82,8 @@ def test_streams_deterministically_and_keeps_the_system_turn(home):
 
 
 def test_factory_choices(home, tmp_path):
-    with pytest.raises(ConfigError, match="generator_runtime"):
-        open_generator(_settings(generator_runtime="onnx"), home=home)
+    with pytest.raises(ConfigError, match="unknown generator_runtime 'onnx'; valid values: llama.cpp, torch"):
+        _settings(generator_runtime="onnx")
     adapter = tmp_path / "adapter.gguf"
     adapter.write_bytes(b"x")
     # LoRA adapters are converted for llama.cpp: they are served there whatever the runtime

@@ -50,7 +50,8 @@ class Settings:
     generator_api_key_env: str = _f("OPENAI_API_KEY", "name of the environment variable holding the endpoint's key")
     threads: int = _f(0, "CPU threads for local models (0 = all cores)")
     generator_runtime: str = _f("llama.cpp", "engine for local GGUF models: llama.cpp, or torch (Llama-family "
-                                "models; reads long prompts ~5x faster on CPUs with bf16 matrix units, AMX)")
+                                "models; reads long prompts ~5x faster on CPUs with bf16 matrix units, AMX)",
+                                choices=("llama.cpp", "torch"))
     flash_attention: bool = _f(True, "llama.cpp reads prompts with flash attention (measured 1.3x faster on 1,000 "
                                "tokens on a 2-core CPU; same answers to within rounding)")
     max_tokens: int = _f(160, "most tokens a generated answer may have")
@@ -122,6 +123,9 @@ class Settings:
                               "even when fusion ranks them lower (0 = fused hits only)")
     answer_sentences: int = _f(0, "most supported sentences a generated answer keeps before the model is stopped "
                                "(answer_mode = auto/generate; 0 = up to max_tokens)")
+    quote_context: str = _f("quoted", "what the model reads in quote mode: quoted (the quoted passages and the "
+                            "sentence either side: short prompts) or retrieved (every retrieved chunk, as in auto)",
+                            choices=("quoted", "retrieved"))
     quote_max_tokens: int = _f(48, "most tokens the model may add after a quote (answer_mode = quote): one sentence")
     quote_passages: int = _f(2, "most evidence passages quoted when they score within quote_margin of the best")
     quote_margin: float = _f(0.15, "a further passage is quoted only when it scores within this of the best")

@@ -388,7 +388,7 @@ class RagStrategy(Strategy):
         # first complete sentence (kept or not: on the Poetry and help-centre v1 dev questions no later one was
         # ever kept, and stopping early took answers the model ran for from p50 1.5 s to 1.3 s on Poetry)
         quoting = self.mode == "quote" and bool(quoted)
-        if quoting:
+        if quoting and self.settings.quote_context != "retrieved":
             context, used = self._pack([hits[p.hit] for p in quoted], [self._surroundings(p, split) for p in quoted])
         else:
             context, used = self._pack(hits)

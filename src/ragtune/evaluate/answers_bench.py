@@ -65,6 +65,9 @@ def bench_answers(strategy, questions: list[dict[str, Any]], progress: bool = Fa
     from tqdm import tqdm
 
     per, latencies, ttfts = [], [], []
+    generator = getattr(strategy, "generator", None)
+    if generator is not None:  # a local model loads (and verifies) before the clock starts, as a server's does once
+        generator.count_tokens("warm up")
     for case in tqdm(questions, desc=f"answering ({strategy.name})", unit="q", disable=not progress, file=sys.stderr,
                      leave=False):
         started = time.perf_counter()

