@@ -101,7 +101,7 @@ def test_unanswerable_question_abstains_with_handoff(kb, settings):
 def test_a_hand_off_suggests_the_pages_it_searched(kb, settings):
     """Below the bar to answer, the best page is often still the right one: it is offered as a place to look, one
     entry per document, never as a citation; a question about nothing in the documents gets no pages."""
-    strict = settings.replace(min_support=0.99, min_support_agreed=0.99)
+    strict = settings.replace(min_support=0.99, min_support_agreed=0.99, min_support_value=0.99)
     a = rag(kb, strict, EchoGenerator()).answer("How long does a full battery charge take from empty?")
     assert a.abstained and a.citations == ()
     pages = a.to_json()["suggestions"]

@@ -153,11 +153,12 @@ def test_bot_settings_change_strategy_handoff_and_validate(client):
     assert client.get("/api/bots/demo/settings").json()["min_support"] is None  # the server's setting applies
     assert client.patch("/api/bots/demo/settings", json={"min_support": 0.99}).json()["min_support"] == 0.99
     client.patch("/api/bots/demo/settings", json={"strategy": "rag"})
-    strict = client.post("/api/bots/demo/chat", json={"message": BATTERY_Q, "stream": False}).json()
-    assert strict["abstained"] and strict["evidence"]["support"] < 0.99
+    swell = "What should I do if my battery swells or smells of burning?"  # asks for no kind of value
+    strict = client.post("/api/bots/demo/chat", json={"message": swell, "stream": False}).json()
+    assert strict["abstained"] and strict["evidence"]["support"] < 0.89 and not strict["evidence"]["typed"]
     assert client.patch("/api/bots/demo/settings", json={"min_support": 1.5}).status_code in (400, 422)
     client.patch("/api/bots/demo/settings", json={"min_support": 0.0})
-    assert not client.post("/api/bots/demo/chat", json={"message": BATTERY_Q, "stream": False}).json()["abstained"]
+    assert not client.post("/api/bots/demo/chat", json={"message": swell, "stream": False}).json()["abstained"]
     bad = client.patch("/api/bots/demo/settings", json={"model": "gpt-17"})
     assert bad.status_code == 400 and "valid values" in bad.json()["error"]
     assert client.patch("/api/bots/demo/settings", json={"strategy": "magic"}).status_code == 400

@@ -196,7 +196,7 @@ def cmd_calibrate(args, settings: Settings) -> int:
     from .models.embedders import open_embedder
     from .models.generators import EchoGenerator
     from .store import open_store
-    from .strategies import BotProfile, RagStrategy, agreed_relief
+    from .strategies import BotProfile, RagStrategy
 
     if not 0.0 <= args.target <= 1.0:
         raise InputError("--target must be between 0 and 1")
@@ -214,9 +214,8 @@ def cmd_calibrate(args, settings: Settings) -> int:
         off = RagStrategy(store, bot, settings, open_embedder(settings), EchoGenerator(), answer_mode="extract",
                           min_support=-2.0)
         rows = observe(off, questions, settings.progress)
-        relief = agreed_relief(settings)
-        before = outcome(rows, BotProfile.of(bot).support_bar(settings), relief)
-        chosen = choose(rows, args.target, relief)
+        before = outcome(rows, BotProfile.of(bot).support_bar(settings), settings)
+        chosen = choose(rows, args.target, settings)
         if not args.dry_run:
             store.update_bot_settings(bot, {"min_support": round(chosen.bar, 3)})
     data = {"bot": bot.name, "questions": len(rows), "answerable": sum(r["answerable"] for r in rows),

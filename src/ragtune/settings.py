@@ -107,6 +107,10 @@ class Settings:
                                    "the chunk that fused search ranks first and dense or BM25 search alone ranks first "
                                    "too (every signal points at the same place); a bot with its own bar gets it "
                                    "lowered by the same amount")
+    min_support_value: float = _f(0.4, "the lower bar used instead of min_support when the question asks for a kind "
+                                  "of value (a price, duration, time, version, command, setting, place, phone, "
+                                  "e-mail) and the best passage states one; with min_support_agreed, both reliefs "
+                                  "apply")
     conflict_margin: float = _f(0.05, "passages scoring within this of the best are checked for disagreeing facts")
     answer_type_bonus: float = _f(0.1, "evidence bonus for a passage holding the kind of value asked for "
                                   "(a duration for 'how long', a price for 'how much', ...)")

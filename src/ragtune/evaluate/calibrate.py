@@ -32,14 +32,13 @@ def observe(strategy, questions: Sequence[dict[str, Any]], progress: bool = Fals
     return bench_answers(strategy, list(questions), progress)["per_question"]
 
 
-def outcome(rows: Sequence[dict[str, Any]], bar: float, relief: float) -> Outcome:
-    """What the rows would score with `bar` as min_support (`relief`: how much lower the bar is for a passage
-    the retrievers agree on; see strategies.agreed_relief)."""
-    from ..strategies import hand_off_bar
+def outcome(rows: Sequence[dict[str, Any]], bar: float, settings) -> Outcome:
+    """What the rows would score with `bar` as min_support (less each answer's strategies.bar_relief)."""
+    from ..strategies import bar_relief
 
     def answered(r) -> bool:
         ev = r.get("evidence") or {}
-        return not r["abstained"] and ev.get("support", 0.0) >= hand_off_bar(bar, bool(ev.get("agreed")), relief)
+        return not r["abstained"] and ev.get("support", 0.0) >= bar - bar_relief(settings, ev)
 
     ans = [r for r in rows if r["answerable"]]
     una = [r for r in rows if not r["answerable"]]
@@ -47,17 +46,19 @@ def outcome(rows: Sequence[dict[str, Any]], bar: float, relief: float) -> Outcom
                    sum(not answered(r) for r in una) / max(1, len(una)))
 
 
-def choose(rows: Sequence[dict[str, Any]], target: float, relief: float) -> Outcome:
+def choose(rows: Sequence[dict[str, Any]], target: float, settings) -> Outcome:
     """The bar with the best answer accuracy among those handing off at least `target` of the unanswerable
     questions (then the best abstention accuracy); of equally good bars, the middle one, so the bar sits mid-gap
     between the questions it separates rather than against one of them."""
+    from ..strategies import bar_relief
+
     if not any(r["answerable"] for r in rows) or all(r["answerable"] for r in rows):
         raise InputError("calibration needs both answerable questions and unanswerable ones (empty answers)")
-    # the bars at which some question changes sides: its support, or its support plus the relief when agreed
-    edges = sorted({round(ev.get("support", 0.0) + (relief if ev.get("agreed") else 0.0), 4)
+    # the bars at which some question changes sides: its support plus its relief
+    edges = sorted({round(ev.get("support", 0.0) + bar_relief(settings, ev), 4)
                     for ev in ((r.get("evidence") or {}) for r in rows)})
     cuts = [edges[0] - 0.01, *((a + b) / 2 for a, b in zip(edges, edges[1:])), edges[-1] + 0.01]
-    results = [outcome(rows, c, relief) for c in cuts]
+    results = [outcome(rows, c, settings) for c in cuts]
     feasible = [o for o in results if o.abstention_accuracy >= target] or results
     best = max((o.answer_accuracy, o.abstention_accuracy) for o in feasible)
     ties = [o for o in feasible if (o.answer_accuracy, o.abstention_accuracy) == best]

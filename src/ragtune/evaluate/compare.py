@@ -296,7 +296,8 @@ def lineage(store: Store, bot: Bot, settings: Settings, embedder: Embedder | Non
     docs = documents_lineage(store, bot)
     config = {name: getattr(settings, name) for name in (
         "generator", "generator_model", "embedder", "top_k", "candidates", "rrf_k", "retrieval", "answer_mode",
-        "min_support", "min_support_agreed", "max_tokens", "context_tokens", "chunk_tokens", "chunk_overlap",
+        "min_support", "min_support_agreed", "min_support_value", "max_tokens", "context_tokens", "chunk_tokens",
+        "chunk_overlap", "generator_runtime", "quote_context",
         "adapter_runtime")
         if hasattr(settings, name)}
     out = {"format_version": FORMAT_VERSION, "ragtune_version": __version__,
