@@ -98,7 +98,7 @@ class TorchGGUFGenerator(Generator):
         self.verify_cache = verify_cache
         self.seed = seed
         self._model = self._parts = None  # (tokenizer, _Weights, torch)
-        self._cache = None  # keys and values, fp32: [layers, 2, kv_heads, n_ctx, head_dim]
+        self._cache = None  # keys and values, bf16 (half the reading per token): [layers, 2, kv_heads, n_ctx, head_dim]
         self._cached: list[int] = []  # the tokens whose keys and values are in the cache (the system turn)
         self._prefixes: dict[tuple, list[int]] = {}
         self._load_lock = threading.Lock()
@@ -132,7 +132,7 @@ class TorchGGUFGenerator(Generator):
         angles = torch.outer(torch.arange(self.context_tokens, dtype=torch.float64), inv)
         angles = torch.cat([angles, angles], -1)
         self._rope = (angles.cos().float(), angles.sin().float())
-        self._cache = torch.zeros(weights.layers, 2, weights.kv_heads, self.context_tokens, hd)
+        self._cache = torch.zeros(weights.layers, 2, weights.kv_heads, self.context_tokens, hd, dtype=torch.bfloat16)
         self._stops = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>"),
                                    tok.convert_tokens_to_ids("<|endoftext|>")) if isinstance(i, int) and i >= 0}
         self._parts = tok, weights, torch  # what _forward uses; _model (the loaded flag) is set after warming up
@@ -188,7 +188,8 @@ class TorchGGUFGenerator(Generator):
 
     # ------------------------------------------------------------------ the decoder
     def _step(self, token: int, pos: int):
-        """One token at `pos`: int8 matmuls, fp32 everything else, with as few tensor operations as will do."""
+        """One token at `pos`: int8 matmuls, attention over the bf16 cache, fp32 everything else, with as few
+        tensor operations as will do."""
         tok, w, torch = self._parts
         F = torch.nn.functional
         hq, hkv, hd = w.heads, w.kv_heads, w.head_dim
@@ -204,8 +205,8 @@ class TorchGGUFGenerator(Generator):
             self._cache[i, 0, :, pos] = qk[hq:]
             self._cache[i, 1, :, pos] = h[0, (hq + hkv) * hd:].view(hkv, hd)
             keys, values = self._cache[i, 0, :, : pos + 1], self._cache[i, 1, :, : pos + 1]  # [hkv, n, hd]
-            att = F.scaled_dot_product_attention(qk[:hq].view(1, hq, 1, hd), keys.unsqueeze(0), values.unsqueeze(0),
-                                                 enable_gqa=True).view(1, hq * hd)
+            att = F.scaled_dot_product_attention(qk[:hq].view(1, hq, 1, hd).to(keys.dtype), keys.unsqueeze(0),
+                                                 values.unsqueeze(0), enable_gqa=True).view(1, hq * hd).float()
             x = x + _linear(att, o)
             g, u = _linear(F.rms_norm(x, (w.hidden,), n2, w.eps), gate_up).chunk(2, -1)
             x = x + _linear(F.silu(g) * u, down)
@@ -238,8 +239,8 @@ class TorchGGUFGenerator(Generator):
             q, k, v = h.split([hq * hd, hkv * hd, hkv * hd], -1)
             q = rotate(q.view(1, n, hq, hd).transpose(1, 2))
             k = rotate(k.view(1, n, hkv, hd).transpose(1, 2))
-            self._cache[i, 0, :, pos:pos + n] = k[0].float()
-            self._cache[i, 1, :, pos:pos + n] = v.view(1, n, hkv, hd).transpose(1, 2)[0].float()
+            self._cache[i, 0, :, pos:pos + n] = k[0]
+            self._cache[i, 1, :, pos:pos + n] = v.view(1, n, hkv, hd).transpose(1, 2)[0]
             keys = self._cache[i, 0, :, : pos + n].unsqueeze(0).to(dtype)
             values = self._cache[i, 1, :, : pos + n].unsqueeze(0).to(dtype)
             a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=not pos, enable_gqa=True)
