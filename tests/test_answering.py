@@ -436,3 +436,15 @@ def test_quote_context_retrieved_lets_the_model_read_every_retrieved_chunk(kb, s
     assert b.extra["evidence"]["context_tokens"] > 2 * a.extra["evidence"]["context_tokens"]
     assert retrieved_prompt.count("\n[") > quoted_prompt.count("\n[")  # more numbered sources
     assert a.answer.split('"')[1] == b.answer.split('"')[1] and a.citations[0] == b.citations[0]
+
+
+def test_answer_sentences_stops_the_model_once_enough_is_said(kb, settings):
+    """auto/generate: the model is stopped after `answer_sentences` supported sentences (0 = up to max_tokens)."""
+    text = ("A full charge from empty takes about 4.5 hours with the supplied 4A charger. For everyday riding, "
+            "keeping the battery between 20% and 80% is best for its lifespan. Do not charge the battery below 0°C "
+            "or above 40°C.")
+    q = "How should I charge the battery, and how long does a full charge take?"
+    two = rag(kb, settings.replace(answer_sentences=2), ScriptedGenerator(text), answer_mode="auto").answer(q)
+    every = rag(kb, settings.replace(answer_sentences=0), ScriptedGenerator(text), answer_mode="auto").answer(q)
+    assert "4.5 hours" in two.answer and "20% and 80%" in two.answer and "40°C" not in two.answer
+    assert "40°C" in every.answer

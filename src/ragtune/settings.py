@@ -125,7 +125,7 @@ class Settings:
     evidence_hits: int = _f(4, "top hits whose sentences are candidate evidence")
     evidence_rescue: int = _f(2, "chunks that dense or BM25 search alone ranks this high are candidate evidence "
                               "even when fusion ranks them lower (0 = fused hits only)")
-    answer_sentences: int = _f(0, "most supported sentences a generated answer keeps before the model is stopped "
+    answer_sentences: int = _f(2, "most supported sentences a generated answer keeps before the model is stopped "
                                "(answer_mode = auto/generate; 0 = up to max_tokens)")
     quote_context: str = _f("quoted", "what the model reads in quote mode: quoted (the quoted passages and the "
                             "sentence either side: short prompts) or retrieved (every retrieved chunk, as in auto)",
