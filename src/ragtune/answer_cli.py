@@ -19,7 +19,7 @@ def _add_parsers(sub, bench, common) -> None:
                        "hybrid use the bot's newest adapter (`ragtune finetune`)")
         p.add_argument("--model", help="generator: smollm2 | qwen-0.5b | echo | openai, or a path to a .gguf file")
         p.add_argument("--answer-mode", dest="answer_mode", help="rag answer composition: auto | generate | extract | quote")
-        p.add_argument("--runtime", choices=["llama.cpp", "torch"], help=cli.RUNTIME_HELP)
+        p.add_argument("--runtime", choices=cli.RUNTIMES, help=cli.RUNTIME_HELP)
 
     p = sub.add_parser("ask", parents=[common], help="answer one question with citations (or say I don't know)",
                        description="Answer QUESTION from the bot's documents. --json prints {answer, abstained, "

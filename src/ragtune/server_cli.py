@@ -23,7 +23,7 @@ def _add_parsers(sub, bench, common) -> None:
                    "needs RAGTUNE_ADMIN_KEY)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--model", help=cli.MODEL_HELP)
-    p.add_argument("--runtime", choices=["llama.cpp", "torch"], help=cli.RUNTIME_HELP)
+    p.add_argument("--runtime", choices=cli.RUNTIMES, help=cli.RUNTIME_HELP)
 
     k = sub.add_parser("keys", help="API keys and widget tokens of a bot",
                        description="A bot key reaches only its bot's API; a widget token (--widget) only chats with "

@@ -275,7 +275,7 @@ class RagStrategy(Strategy):
     def bar(self, evidence: dict) -> float:
         """The support the best passage needs: the bot's `min_support`, less `bar_relief` (one knob: a bot's own
         bar moves the lower bars with it)."""
-        return self.min_support - bar_relief(self.settings, evidence)
+        return hand_off_bar(self.min_support, self.settings, evidence)
 
     def _suggestions(self, evidence: list[Passage], hits: list[Hit]) -> list[Citation]:
         """Pages worth a look when the bot hands off: the documents of the best evidence passages that score at
@@ -477,12 +477,18 @@ class RagStrategy(Strategy):
         return text, cites
 
 
+def hand_off_bar(min_support: float, settings: Settings, evidence: dict) -> float:
+    """The support the best passage of one answer needs: `min_support` less `bar_relief`. One rule for answering
+    and for `ragtune calibrate`'s replay of it."""
+    return min_support - bar_relief(settings, evidence)
+
+
 def bar_relief(settings: Settings, evidence: dict) -> float:
     """How much lower than `min_support` the hand-off bar is for one answer's `evidence` (the `agreed` and `typed`
     it records): by min_support - min_support_agreed when dense or BM25 search alone ranks the best passage's chunk
     first too, and by min_support - min_support_value when the question asks for a kind of value (a price,
     duration, time, …) and the best passage states one. Both can apply. The reliefs, not the lower bars, are what a
-    bot's own min_support carries along. One rule for answering and for `ragtune calibrate`'s replay of it."""
+    bot's own min_support carries along."""
     relief = max(0.0, settings.min_support - settings.min_support_agreed) if evidence.get("agreed") else 0.0
     if evidence.get("typed"):
         relief += max(0.0, settings.min_support - settings.min_support_value)

@@ -33,12 +33,12 @@ def observe(strategy, questions: Sequence[dict[str, Any]], progress: bool = Fals
 
 
 def outcome(rows: Sequence[dict[str, Any]], bar: float, settings) -> Outcome:
-    """What the rows would score with `bar` as min_support (less each answer's strategies.bar_relief)."""
-    from ..strategies import bar_relief
+    """What the rows would score with `bar` as min_support (strategies.hand_off_bar decides each answer)."""
+    from ..strategies import hand_off_bar
 
     def answered(r) -> bool:
         ev = r.get("evidence") or {}
-        return not r["abstained"] and ev.get("support", 0.0) >= bar - bar_relief(settings, ev)
+        return not r["abstained"] and ev.get("support", 0.0) >= hand_off_bar(bar, settings, ev)
 
     ans = [r for r in rows if r["answerable"]]
     una = [r for r in rows if not r["answerable"]]

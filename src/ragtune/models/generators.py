@@ -69,6 +69,28 @@ class Generator(ABC):
         """Release the model or connection (optional; a closed generator reopens on next use)."""
 
 
+def system_prefix(messages: Sequence[Message], render: Callable[[list], list[int]],
+                  memo: dict[tuple, list[int]]) -> list[int]:
+    """The prompt tokens of the leading system turn(s) (and the next turn's header), as `render` (the model's chat
+    template, then its tokenizer) makes them: the common token prefix of the prompt with two different user turns
+    after the system messages. Kept in `memo` per system text (a few bots' prompts; beyond 16 it starts again).
+    Empty when there is no system message. Local runtimes keep these tokens' keys and values between answers."""
+    system = []
+    for m in messages:
+        if m.get("role") != "system":
+            break
+        system.append(m)
+    if not system:
+        return []
+    key = tuple((m.get("role"), m.get("content")) for m in system)
+    if key not in memo:
+        if len(memo) >= 16:
+            memo.clear()
+        a, b = render([*system, {"role": "user", "content": "A"}]), render([*system, {"role": "user", "content": "B"}])
+        memo[key] = a[: next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))]
+    return memo[key]
+
+
 # ---------------------------------------------------------------- model files: find, assemble, verify
 
 def _cache_key(path: Path) -> str:
@@ -316,25 +338,10 @@ class LlamaCppGenerator(Generator):
                              "is it a valid GGUF file?") from exc
 
     def _system_prefix(self, llm, messages: Sequence[Message]) -> list[int]:
-        """The prompt tokens of the leading system turn(s) (and the next turn's header), as the model's chat
-        template renders them: the common token prefix of the prompt with two different user turns after the
-        system messages. Empty when the model has no chat template or there is no system message."""
-        system = []
-        for m in messages:
-            if m.get("role") != "system":
-                break
-            system.append(m)
+        """The system turn's prompt tokens (see `system_prefix`); empty when the model has no chat template."""
         template = llm.metadata.get("tokenizer.chat_template")
-        if not system or not template:
+        if not template:
             return []
-        key = tuple((m.get("role"), m.get("content")) for m in system)
-        if key not in self._prefixes:
-            if len(self._prefixes) >= 16:  # a few bots' system prompts; anything beyond is rendered again
-                self._prefixes.clear()
-            self._prefixes[key] = self._render_prefix(llm, system, template)
-        return self._prefixes[key]
-
-    def _render_prefix(self, llm, system: list[Message], template: str) -> list[int]:
         if self._formatter is None:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -348,9 +355,7 @@ class LlamaCppGenerator(Generator):
             result = self._formatter(messages=msgs)
             return llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
 
-        a, b = tokens([*system, {"role": "user", "content": "A"}]), tokens([*system, {"role": "user", "content": "B"}])
-        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        return a[:n]
+        return system_prefix(messages, tokens, self._prefixes)
 
     def _start(self, llm, messages: Sequence[Message]) -> None:
         """Leave exactly the system turn in the KV cache (read now if it is not there already): llama.cpp then

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ..errors import MissingExtraError, ModelError
-from .generators import Generator, Message, _cache_key, _read_cache, _remember, sha256_file, verify_sha256
+from .generators import (Generator, Message, _cache_key, _read_cache, _remember, sha256_file, system_prefix,
+                         verify_sha256)
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
@@ -254,25 +255,6 @@ class TorchGGUFGenerator(Generator):
         text = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
         return tok(text, add_special_tokens=False).input_ids
 
-    def _system_prefix(self, tok, messages: Sequence[Message]) -> list[int]:
-        """The prompt tokens of the leading system turn(s): the common prefix of the prompt with two different
-        user turns after them (as the llama.cpp runtime does)."""
-        system = []
-        for m in messages:
-            if m.get("role") != "system":
-                break
-            system.append(m)
-        if not system:
-            return []
-        key = tuple((m.get("role"), m.get("content")) for m in system)
-        if key not in self._prefixes:
-            if len(self._prefixes) >= 16:
-                self._prefixes.clear()
-            a = self._prompt(tok, [*system, {"role": "user", "content": "A"}])
-            b = self._prompt(tok, [*system, {"role": "user", "content": "B"}])
-            self._prefixes[key] = a[: next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))]
-        return self._prefixes[key]
-
     def stream(self, messages, max_tokens=160, temperature=0.0, stop=None) -> Iterator[str]:
         tok, _, torch = self._loaded()
         with self._run_lock, torch.inference_mode():
@@ -281,7 +263,7 @@ class TorchGGUFGenerator(Generator):
                 raise ModelError(f"{self.name}: the prompt has {len(prompt)} tokens, more than the context window "
                                  f"of {self.context_tokens}")
             max_tokens = min(max_tokens, self.context_tokens - len(prompt))
-            prefix = self._system_prefix(tok, messages)
+            prefix = system_prefix(messages, lambda msgs: self._prompt(tok, msgs), self._prefixes)
             if not prefix or prompt[: len(prefix)] != prefix or len(prefix) >= len(prompt):
                 prefix = []
             if self._cached != prefix:  # the system turn is read as a batch of its own, then kept
