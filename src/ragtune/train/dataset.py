@@ -299,10 +299,11 @@ def topic_example(chunk: KnowledgeChunk, max_words: int = 24) -> Example | None:
 _QUESTION_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])?\s*(.+?\?)\s*$")
 
 
-def model_questions(generator, fact: Fact, n: int) -> list[str]:
-    """Questions written by a generator (the local model, or a stronger OpenAI-compatible endpoint when that is
-    the configured generator). Lines that are not questions, or that give the answer away, are dropped."""
-    prompt = (f"Text: {fact.answer}\n\nWrite {n} different questions that a customer could ask and that this text "
+def model_questions(generator, text: str, n: int, answer: str = "") -> list[str]:
+    """Questions about `text` written by a generator (the local model, or a stronger OpenAI-compatible endpoint
+    when that is the configured generator). Lines that are not questions, or that give `answer` away, are
+    dropped."""
+    prompt = (f"Text: {text}\n\nWrite {n} different questions that a customer could ask and that this text "
               "answers. Vary the wording. One question per line, nothing else.")
     text = generator.generate([{"role": "system", "content": "You write customer questions."},
                                {"role": "user", "content": prompt}], max_tokens=24 * n, temperature=0.0)
@@ -312,7 +313,7 @@ def model_questions(generator, fact: Fact, n: int) -> list[str]:
         if not m:
             continue
         q = " ".join(m.group(1).split())
-        if q.lower() not in {o.lower() for o in out} and (not fact.value or fact.value not in q):
+        if q.lower() not in {o.lower() for o in out} and (not answer or answer not in q):
             out.append(q)
     return out[:n]
 
@@ -354,7 +355,8 @@ def compare_synthesis(store: Store, bot: Bot, facts: Sequence[Fact], generator, 
         import time
 
         t0 = time.perf_counter()
-        out["model"] = score_questions(store, bot, [(f, model_questions(generator, f, n)) for f in picked], n)
+        written = [(f, model_questions(generator, f.answer, n, f.value)) for f in picked]
+        out["model"] = score_questions(store, bot, written, n)
         out["model"]["seconds"] = round(time.perf_counter() - t0, 1)
         out["model"]["generator"] = getattr(generator, "name", "")
     best = max((m for m in ("template", "model") if m in out), key=lambda m: out[m]["quality"])
@@ -515,7 +517,7 @@ def build_dataset(store: Store, bot: Bot, *, qa_files: Iterable[str | Path] = ()
         # facts holding a value (price, duration, number, contact) get every phrasing: a wrong value is the costly
         # error and the one the base model cannot guess; facts without one get half
         n = paraphrases if fact.value else max(2, paraphrases // 2)
-        qs = model_questions(generator, fact, n) if method == "model" else []
+        qs = model_questions(generator, fact.answer, n, fact.value) if method == "model" else []
         if len(qs) < n:  # the template method fills what the model did not write
             qs += [q for q in template_questions(fact, n) if q not in qs][: n - len(qs)]
         fact_questions.append((fact, qs))
