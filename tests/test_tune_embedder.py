@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES, run_cli
+from ragtune.erasure import forget
 from ragtune.errors import ConfigError, InputError, ModelError
 from ragtune.ingest.sync import register_sources, sync_bot
 from ragtune.models.embedders import TorchMiniLMEmbedder, embedder_identity, open_embedder, packaged_minilm_folder
@@ -46,11 +47,11 @@ def kb(store, settings, tmp_path):
     bot = store.ensure_bot("default")
     register_sources(store, bot, [str(docs)], settings)
     sync_bot(store, settings, bot)
-    return store, bot
+    return store, bot, docs
 
 
 def test_tuned_folder_is_an_embedder_and_questions_are_not_asked_twice(kb, settings):
-    store, bot = kb
+    store, bot, docs = kb
     asker = Asker()
     report = tune_embedder(store, bot, settings, asker, TuneConfig(questions_per_chunk=3), progress=False)
     chunks = len(store.list_chunks(bot))
@@ -59,7 +60,7 @@ def test_tuned_folder_is_an_embedder_and_questions_are_not_asked_twice(kb, setti
     assert report["train_pairs"] == report["questions"] - report["held_out"] and report["steps"] > 0
     r = report["recall_at_1"]
     assert 0 <= r["before"] <= r["after"] <= 1  # learning the documents did not make held-out questions worse
-    cache = settings.home_path / "embedders" / "default" / "questions.jsonl"
+    cache = settings.home_path / "embedders" / "questions.jsonl"
     assert len(cache.read_text().splitlines()) == chunks
 
     tuned = TorchMiniLMEmbedder(path=report["path"])
@@ -77,6 +78,9 @@ def test_tuned_folder_is_an_embedder_and_questions_are_not_asked_twice(kb, setti
     cache.write_text(cache.read_text() + '{"key": "cut short')  # a line a killed run left half-written
     assert collect_questions(store.list_chunks(bot), asker, 3, cache, progress=False) == again
 
+    forget(store, bot, str(docs / "warranty.md"))  # erasure drops what the generator wrote about the page
+    assert len(cache.read_text().splitlines()) == len(store.list_chunks(bot)) < chunks
+
 
 def test_embedder_path_errors(settings, tmp_path):
     with pytest.raises(ConfigError, match="embedder = minilm-torch"):
@@ -92,7 +96,7 @@ def test_embedder_path_errors(settings, tmp_path):
 
 
 def test_a_generator_that_writes_no_questions_is_a_clear_error(kb, settings, home):
-    store, bot = kb
+    store, bot, _ = kb
     with pytest.raises(InputError, match="usable questions"):
         tune_embedder(store, bot, settings, _Silent(), progress=False)
     proc = run_cli(home, "tune-embedder", "--model", "echo", check=False)  # echo answers "I don't know."

@@ -2,7 +2,7 @@
 index of a bot — chunks, vectors, full-text rows, and derived tables that quote them (chat logs and the like,
 found by the store's column convention) — reclaim the space so no byte of the text stays in the database
 files, keep it from coming back at the next sync, mark adapters trained on it stale (dropping their cached
-training data), and write an audit record that holds no personal data (a hash of what was forgotten, counts
+training data) and drop the questions `tune-embedder` cached about it, and write an audit record that holds no personal data (a hash of what was forgotten, counts
 and the time)."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .errors import NotFoundError
 from .ingest.sync import path_hash
 from .store import Bot, Source, Store
 from .train.adapters import record_erasure
+from .train.embedder import forget_questions
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ def forget(store: Store, bot: Bot, subject: str) -> ForgetReport:
         document_ids += [state.id for state in store.document_states(bot, source).values()]
     # before the rows go: an interruption after this leaves adapters stale, never current on erased text
     stale = record_erasure(store, bot, document_ids)
+    db = getattr(store, "path", None)
+    if db is not None:  # questions tune-embedder had a generator write about the erased chunks
+        erased = set(document_ids)
+        forget_questions(Path(db).parent, [c for c in store.list_chunks(bot) if c.document_id in erased])
     scope = "source" if whole else "documents"
     audit = {"action": "forget", "subject_sha256": subject_hash(subject), "scope": scope,
              "adapters_marked_stale": len(stale)}

@@ -74,7 +74,7 @@ def _add_parsers(sub, bench, common) -> None:
         "tune-embedder", parents=[common], help="fine-tune the embedder on questions written about the bot's documents",
         description="Adapt retrieval to the bot's vocabulary: the generator (--model; qwen-0.5b writes better "
         "questions than the default, ~2-3 s a chunk here) writes questions each chunk answers (cached under "
-        "RAGTUNE_HOME/embedders/BOT, so a re-run asks only about new or changed chunks), then all-MiniLM-L6-v2 (or "
+        "RAGTUNE_HOME/embedders by chunk text, so a re-run asks only about new or changed chunks), then all-MiniLM-L6-v2 (or "
         "the embedder_path folder) is fine-tuned to rank each question's chunk first (needs the train extra). One "
         "question of every tenth chunk is held out and its recall@1 reported before and after. Writes a "
         "sentence-transformers folder under RAGTUNE_HOME/models/embedders; use it with embedder = minilm-torch and "

@@ -1,5 +1,6 @@
 """Adapting the embedder to a bot's documents: a generator writes questions for each chunk (kept in a cache keyed
-by the chunk's text, so a re-run only asks about new or changed chunks), then all-MiniLM-L6-v2 (or the folder in
+by the chunk's text and shared by the store's bots, so a re-run, or a second version of the same documents, only
+asks about new or changed chunks), then all-MiniLM-L6-v2 (or the folder in
 `embedder_path`) is fine-tuned to put each question next to its chunk, with the other chunks of a batch as
 negatives (multiple-negatives ranking loss). One question of every tenth chunk is held out: recall@1 of those
 questions over all the bot's chunks, before and after, says whether it learned the documents' vocabulary or only
@@ -47,37 +48,63 @@ def chunk_text(chunk: StoredChunk) -> str:
     return embedding_text(chunk.title, chunk.heading, chunk.text)
 
 
-def collect_questions(chunks: Sequence[StoredChunk], generator, n: int, cache: Path, progress: bool = True
-                      ) -> dict[str, list[str]]:
-    """Questions per chunk id, from `cache` (JSONL lines {key, model, questions}) where this generator already
-    wrote them for the same text, else from the generator (each appended to the cache at once: a killed run
-    keeps what it made)."""
-    from tqdm import tqdm
+def cache_path(home: str | Path) -> Path:
+    return Path(home).expanduser() / "embedders" / "questions.jsonl"
 
-    known: dict[tuple[str, str], list[str]] = {}
+
+def _cached(cache: Path) -> list[dict]:
+    rows = []
     if cache.is_file():
         for line in cache.read_text(encoding="utf-8").splitlines():
             try:
                 row = json.loads(line)
-                known[(row["key"], row["model"])] = list(row["questions"])
+                rows.append({"key": str(row["key"]), "n": int(row["n"]), "model": str(row["model"]),
+                             "questions": [str(q) for q in row["questions"]]})
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a killed run
+    return rows
+
+
+def collect_questions(chunks: Sequence[StoredChunk], generator, n: int, cache: Path, progress: bool = True
+                      ) -> dict[str, list[str]]:
+    """Questions per chunk id, from `cache` (JSONL lines {key: the chunk text's hash, n, model, questions}) where
+    this generator already wrote n for the same text, else from the generator (each appended to the cache at
+    once: a killed run keeps what it made)."""
+    from tqdm import tqdm
+
+    known = {(r["key"], r["n"], r["model"]): r["questions"] for r in _cached(cache)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     out: dict[str, list[str]] = {}
     todo = []
     for c in chunks:
-        key = unit_key(f"{n}\n{chunk_text(c)}")
-        if (key, generator.name) in known:
-            out[c.chunk_id] = known[(key, generator.name)]
+        key = unit_key(chunk_text(c))
+        if (key, n, generator.name) in known:
+            out[c.chunk_id] = known[(key, n, generator.name)]
         else:
             todo.append((c, key))
     with open(cache, "a", encoding="utf-8") as fh:
         for c, key in tqdm(todo, desc="writing questions", unit="chunk", disable=not progress, file=sys.stderr):
             qs = model_questions(generator, chunk_text(c), n)
-            fh.write(json.dumps({"key": key, "model": generator.name, "questions": qs}) + "\n")
+            fh.write(json.dumps({"key": key, "n": n, "model": generator.name, "questions": qs}) + "\n")
             fh.flush()
             out[c.chunk_id] = qs
     return out
+
+
+def forget_questions(home: str | Path, chunks: Sequence[StoredChunk]) -> int:
+    """Erasure: drop the cached questions written about `chunks` (the cache is rewritten, then renamed over the
+    old one); returns how many entries went. A model already tuned on them keeps what it learned: tune again."""
+    cache = cache_path(home)
+    rows = _cached(cache)
+    if not rows:
+        return 0
+    gone = {unit_key(chunk_text(c)) for c in chunks}
+    kept = [r for r in rows if r["key"] not in gone]
+    if len(kept) < len(rows):
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, cache)
+    return len(rows) - len(kept)
 
 
 def split_pairs(questions: dict[str, list[str]], order: Sequence[str]) -> tuple[list[tuple[str, str]],
@@ -139,7 +166,7 @@ def tune_embedder(store: Store, bot: Bot, settings: Settings, generator, config:
     home = Path(settings.home).expanduser()
     started = time.perf_counter()
     questions = collect_questions(chunks, generator, config.questions_per_chunk,
-                                  home / "embedders" / bot.name / "questions.jsonl", progress)
+                                  cache_path(home), progress)
     t_questions = time.perf_counter() - started
     ids = [c.chunk_id for c in chunks]
     texts = [chunk_text(c) for c in chunks]
