@@ -16,6 +16,8 @@ def cmd_tune_embedder(args, settings: Settings) -> int:
     from .train.embedder import TuneConfig, tune_embedder
 
     settings = _model_settings(args, settings)
+    if args.runtime:
+        settings = settings.replace(generator_runtime=args.runtime)
     config = TuneConfig(questions_per_chunk=args.questions_per_chunk, epochs=args.epochs)
     with open_store(settings) as store:
         bot = store.get_bot(settings.bot)
@@ -85,6 +87,7 @@ def _add_parsers(sub, bench, common) -> None:
                    help="questions the generator writes per chunk (default 3)")
     p.add_argument("--epochs", type=int, default=1, metavar="N", help="passes over the questions (default 1)")
     p.add_argument("--model", help="generator that writes the questions: smollm2 (default) | qwen-0.5b | a .gguf path")
+    p.add_argument("--runtime", choices=cli.RUNTIMES, help=cli.RUNTIME_HELP + " (qwen-0.5b on torch: ~2 s a chunk)")
 
     p = sub.add_parser("adapters", parents=[common], help="list a bot's fine-tuned adapters and whether they are stale",
                        description="List the bot's adapters, newest last, with their lineage summary. An adapter is "
