@@ -18,7 +18,6 @@ from ragtune.models.embedders import TorchMiniLMEmbedder, embedder_identity, ope
 from ragtune.models.generators import Generator
 from ragtune.train.embedder import TuneConfig, collect_questions, tune_embedder
 
-pytest.importorskip("sentence_transformers")
 
 
 class Asker(Generator):
