@@ -217,6 +217,9 @@ class TorchMiniLMEmbedder(_WordPieceMixin, Embedder):
             if self.threads:
                 torch.set_num_threads(self.threads)
             folder = self.path or packaged_minilm_folder()
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # a bar for a one-second load is noise beside `ask`'s answer
             self._model = st.SentenceTransformer(str(folder), device="cpu")
             self._model.max_seq_length = self.max_tokens
         return self._model
