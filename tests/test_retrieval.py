@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import EXAMPLES, run_json
+from conftest import EXAMPLES, run_cli, run_json
 from ragtune.retrieval import rrf
 
 
@@ -31,3 +31,15 @@ def test_bots_never_see_each_other(home, tmp_path):
         out = run_json(home, "search", "zebra quartz lantern canary", "--bot", "beta", "--mode", mode, "-k", "20")
         assert all("zebra" not in h["text"] for h in out["hits"])
     assert run_json(home, "search", "zebra quartz lantern", "--bot", "alpha")["hits"]
+
+
+def test_answering_warns_when_the_bot_was_embedded_with_another_embedder(home):
+    run_cli(home, "ingest", str(EXAMPLES / "helpcenter" / "v1"), "--bot", "kb")  # the hash embedder
+    proc = run_cli(home, "ask", "How long is the warranty?", "--bot", "kb", "--model", "echo",
+                   RAGTUNE_EMBEDDER="minilm")
+    assert "embedded with hash-384, not all-MiniLM-L6-v2/onnx-int8" in proc.stderr
+    assert "ragtune sync --bot kb" in proc.stderr
+    run_cli(home, "sync", "--bot", "kb", RAGTUNE_EMBEDDER="minilm")
+    proc = run_cli(home, "ask", "How long is the warranty?", "--bot", "kb", "--model", "echo",
+                   RAGTUNE_EMBEDDER="minilm")
+    assert "warning" not in proc.stderr

@@ -100,6 +100,7 @@ class Session:
 def open_session(settings: Settings, strategy: str | None = None) -> Session:
     from .models.embedders import open_embedder
     from .models.generators import open_generator
+    from .retrieval import embedded_with_other
     from .store import open_store
     from .strategies import BotProfile, open_strategy
 
@@ -108,6 +109,10 @@ def open_session(settings: Settings, strategy: str | None = None) -> Session:
         bot = store.get_bot(settings.bot)
         name = strategy or (settings.strategy if settings.strategy != "rag" else BotProfile.of(bot).strategy)
         embedder = open_embedder(settings) if name != "base" else None
+        other = embedded_with_other(store, bot, embedder.identity) if embedder is not None else None
+        if other:
+            print(f"ragtune: warning: bot {bot.name!r} was embedded with {other}, not {embedder.identity}: answers use "
+                  f"keyword search alone until `ragtune sync --bot {bot.name}` re-embeds it", file=sys.stderr)
         generator = open_generator(settings)
         return Session(store, bot, open_strategy(name, store, bot, settings, embedder, generator), generator)
     except BaseException:

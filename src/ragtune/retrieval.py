@@ -32,6 +32,16 @@ class Retrieval:
     dense: list[tuple[str, float]] = field(default_factory=list)
 
 
+def embedded_with_other(store: Store, bot: Bot, identity: str) -> str | None:
+    """The embedder a document of the bot was embedded with when it is not `identity` (dense search finds no
+    vectors of the new one until `ragtune sync` re-embeds), else None."""
+    for source in store.list_sources(bot):
+        for state in store.document_states(bot, source).values():
+            if state.embedder != identity:
+                return state.embedder
+    return None
+
+
 class Retriever:
     """Searches one bot. The embedder is only touched when dense retrieval is used."""
 
