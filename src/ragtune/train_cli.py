@@ -1,10 +1,12 @@
-"""Fine-tuning commands: `ragtune finetune` and `ragtune adapters` (registered into the CLI)."""
+"""Fine-tuning commands: `ragtune finetune`, `ragtune tune-embedder` and `ragtune adapters` (registered into the
+CLI)."""
 
 from __future__ import annotations
 
 import time
 
 from . import cli
+from .answer_cli import answer_settings
 from .errors import ConfigError
 from .settings import Settings
 
@@ -15,9 +17,7 @@ def cmd_tune_embedder(args, settings: Settings) -> int:
     from .store import open_store
     from .train.embedder import TuneConfig, tune_embedder
 
-    settings = _model_settings(args, settings)
-    if args.runtime:
-        settings = settings.replace(generator_runtime=args.runtime)
+    settings = answer_settings(args, settings)
     config = TuneConfig(questions_per_chunk=args.questions_per_chunk, epochs=args.epochs)
     with open_store(settings) as store:
         bot = store.get_bot(settings.bot)
@@ -98,18 +98,6 @@ def _add_parsers(sub, bench, common) -> None:
 cli._EXTENSIONS.append(_add_parsers)
 
 
-def _model_settings(args, settings: Settings) -> Settings:
-    model = getattr(args, "model", None)
-    if not model:
-        return settings
-    try:
-        if model.endswith(".gguf"):
-            return settings.replace(generator="gguf", generator_path=model)
-        return settings.replace(generator=model)
-    except TypeError as exc:  # pragma: no cover - replace() only gets known names
-        raise ConfigError(str(exc)) from exc
-
-
 @cli.command("finetune")
 def cmd_finetune(args, settings: Settings) -> int:
     from .store import open_store
@@ -118,7 +106,7 @@ def cmd_finetune(args, settings: Settings) -> int:
     from .train.dataset import build_dataset
     from .train.lora import TrainConfig, finetune, require_training
 
-    settings = _model_settings(args, settings)
+    settings = answer_settings(args, settings)
     overrides = {k: v for k, v in (("steps", args.steps), ("max_minutes", args.max_minutes),
                                    ("device", args.device)) if v is not None}
     config = TrainConfig(**overrides)
