@@ -4,6 +4,7 @@ ONNX (default, no torch), the same model in sentence-transformers (torch), any O
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import re
@@ -95,17 +96,23 @@ def packaged_minilm_folder() -> Path:
 
 def folder_identity(path: Path) -> str:
     """The identity of a sentence-transformers folder's model: its name and its weights' sha256 prefix (vectors
-    made by other weights are never mixed with its own). ModelError when it is not such a folder."""
+    made by other weights are never mixed with its own). ModelError when it is not such a folder. Hashed once per
+    process for the same weight files (sync asks for the identity, then opens the embedder)."""
     weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not (path / "modules.json").is_file() or not (path / "tokenizer.json").is_file() or not weights:
         raise ModelError(f"embedder_path {path} is not a sentence-transformers folder (modules.json, tokenizer.json "
                          "and the weights are needed)")
-    h = hashlib.sha256()
-    for w in weights:
-        with open(w, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-    return f"st:{path.name}/{h.hexdigest()[:16]}"
+    stamps = tuple((str(w.resolve()), w.stat().st_size, w.stat().st_mtime_ns) for w in weights)
+    return f"st:{path.name}/{_weights_digest(stamps)[:16]}"
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest(stamps: tuple[tuple[str, int, int], ...]) -> str:
+    """sha256 over the weight files' own sha256s, for `stamps` (path, size, mtime: a rewritten file is hashed
+    again)."""
+    from .generators import sha256_file
+
+    return hashlib.sha256(" ".join(sha256_file(name) for name, _, _ in stamps).encode()).hexdigest()
 
 
 def minilm_tokenizer_path() -> Path:
@@ -122,9 +129,12 @@ class _WordPieceMixin:
 
     max_tokens = 256
 
+    def _tokenizer_file(self) -> Path:
+        return minilm_tokenizer_path()
+
     def _load_tokenizer(self):
         tokenizers = require("tokenizers", "core")
-        tok = tokenizers.Tokenizer.from_file(str(minilm_tokenizer_path()))
+        tok = tokenizers.Tokenizer.from_file(str(self._tokenizer_file()))
         tok.enable_truncation(max_length=self.max_tokens)
         tok.enable_padding()
         return tok
@@ -201,14 +211,8 @@ class TorchMiniLMEmbedder(_WordPieceMixin, Embedder):
         if self.path is not None:
             self.identity = folder_identity(self.path)
 
-    def _load_tokenizer(self):
-        if self.path is None:
-            return super()._load_tokenizer()
-        tokenizers = require("tokenizers", "core")
-        tok = tokenizers.Tokenizer.from_file(str(self.path / "tokenizer.json"))
-        tok.enable_truncation(max_length=self.max_tokens)
-        tok.enable_padding()
-        return tok
+    def _tokenizer_file(self) -> Path:
+        return self.path / "tokenizer.json" if self.path is not None else minilm_tokenizer_path()
 
     def _load(self):
         if self._model is None:
