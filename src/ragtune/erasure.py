@@ -2,8 +2,8 @@
 index of a bot — chunks, vectors, full-text rows, and derived tables that quote them (chat logs and the like,
 found by the store's column convention) — reclaim the space so no byte of the text stays in the database
 files, keep it from coming back at the next sync, mark adapters trained on it stale (dropping their cached
-training data) and drop the questions `tune-embedder` cached about it, and write an audit record that holds no personal data (a hash of what was forgotten, counts
-and the time)."""
+training data), drop the questions `tune-embedder` cached about it, and write an audit record that holds no
+personal data (a hash of what was forgotten, counts and the time)."""
 
 from __future__ import annotations
 
@@ -69,12 +69,13 @@ def forget(store: Store, bot: Bot, subject: str) -> ForgetReport:
     document_ids = list(documents)
     for source in whole:
         document_ids += [state.id for state in store.document_states(bot, source).values()]
-    # before the rows go: an interruption after this leaves adapters stale, never current on erased text
-    stale = record_erasure(store, bot, document_ids)
+    # before the rows go: an interruption after this leaves adapters stale, never current on erased text, and
+    # the questions tune-embedder had a generator write about the erased chunks gone
     db = getattr(store, "path", None)
-    if db is not None:  # questions tune-embedder had a generator write about the erased chunks
-        erased = set(document_ids)
-        forget_questions(Path(db).parent, [c for c in store.list_chunks(bot) if c.document_id in erased])
+    home = Path(db).parent if db is not None else None  # adapters and caches live beside the database file
+    stale = record_erasure(store, bot, document_ids, home)
+    if home is not None:
+        forget_questions(home, store, bot, document_ids)
     scope = "source" if whole else "documents"
     audit = {"action": "forget", "subject_sha256": subject_hash(subject), "scope": scope,
              "adapters_marked_stale": len(stale)}

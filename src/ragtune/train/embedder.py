@@ -91,14 +91,16 @@ def collect_questions(chunks: Sequence[StoredChunk], generator, n: int, cache: P
     return out
 
 
-def forget_questions(home: str | Path, chunks: Sequence[StoredChunk]) -> int:
-    """Erasure: drop the cached questions written about `chunks` (the cache is rewritten, then renamed over the
-    old one); returns how many entries went. A model already tuned on them keeps what it learned: tune again."""
+def forget_questions(home: str | Path, store: Store, bot: Bot, document_ids: Sequence[int]) -> int:
+    """Erasure: drop the cached questions written about the chunks of the bot's documents `document_ids` (the
+    cache is rewritten, then renamed over the old one); returns how many entries went. The chunks are read only
+    when there is a cache. A model already tuned on them keeps what it learned: tune again."""
     cache = cache_path(home)
     rows = _cached(cache)
     if not rows:
         return 0
-    gone = {unit_key(chunk_text(c)) for c in chunks}
+    erased = set(document_ids)
+    gone = {unit_key(chunk_text(c)) for c in store.list_chunks(bot) if c.document_id in erased}
     kept = [r for r in rows if r["key"] not in gone]
     if len(kept) < len(rows):
         tmp = cache.with_name(cache.name + ".tmp")
