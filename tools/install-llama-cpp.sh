@@ -24,12 +24,11 @@ has_flags() {
   for flag in "$@"; do grep -qw "$flag" /proc/cpuinfo 2>/dev/null || return 1; done
 }
 
-patched_source() {  # print a folder holding llama-cpp-python's source with both AMX fixes applied
-  src=$(mktemp -d)
-  "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$src" \
-    "llama-cpp-python==$VERSION" >&2
-  tar -xzf "$src"/llama_cpp_python-$VERSION.tar.gz -C "$src"
-  "$PY" - "$src/llama_cpp_python-$VERSION/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp" <<'PY'
+patched_source() {  # unpack llama-cpp-python's source into folder $1 and apply both AMX fixes to it
+  "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$1" \
+    "llama-cpp-python==$VERSION" || return 1
+  tar -xzf "$1"/llama_cpp_python-$VERSION.tar.gz -C "$1" || return 1
+  "$PY" - "$1/llama_cpp_python-$VERSION/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp" <<'PY'
 import pathlib, sys
 path = pathlib.Path(sys.argv[1])
 text = path.read_text()
@@ -40,23 +39,28 @@ assert [text.count(s) for s in (once, load, mark)] == [1, 1, 1], "llama.cpp's AM
 text = text.replace(once, "").replace(mark, "")
 path.write_text(text.replace(load, '    __asm__ __volatile__("" : : "r"(&tc) : "memory");\n' + load))
 PY
-  echo "$src/llama_cpp_python-$VERSION"
 }
 
-install_level() {  # build the wheel for level $1 (cmake args $2) unless cached, then install it
+install_level() {  # build the wheel for level $1 (cmake args $2) unless cached, then install it; status 1 when
+  # either fails (callers test it: `set -e` does not stop inside a tested function)
   dir=$CACHE/llama-wheels-$1
   if [ ! -f "$dir/.built" ]; then
     echo "building llama-cpp-python $VERSION for $1 (about 10 minutes on 2 cores, once)"
     target="llama-cpp-python==$VERSION"
-    [ "$1" = amx ] && target=$(patched_source)
+    src=
+    if [ "$1" = amx ]; then
+      src=$(mktemp -d)
+      target=$src/llama_cpp_python-$VERSION
+      patched_source "$src" || { rm -rf "$src"; return 1; }
+    fi
     CMAKE_ARGS="$2" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-      "$PY" -m pip wheel -q --no-deps --no-cache-dir -w "$dir" "$target"
-    [ "$1" = amx ] && rm -rf "$(dirname "$target")"
+      "$PY" -m pip wheel -q --no-deps --no-cache-dir -w "$dir" "$target" || { rm -rf "$src"; return 1; }
+    rm -rf "$src"
     touch "$dir/.built"
   fi
-  "$PY" -m pip install -q --disable-pip-version-check --find-links "$dir" "llama-cpp-python==$VERSION"
+  "$PY" -m pip install -q --disable-pip-version-check --find-links "$dir" "llama-cpp-python==$VERSION" || return 1
   "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps --no-index --find-links "$dir" \
-    "llama-cpp-python==$VERSION"
+    "llama-cpp-python==$VERSION" || return 1
 }
 
 smoke() {  # in a process of its own: read a 300-token repetitive prompt with the default model (the AMX kernels
@@ -89,18 +93,17 @@ if [ -z "$level" ]; then
   [ "$level" = avx512 ] && has_flags amx_tile amx_int8 amx_bf16 && level=amx
 fi
 if [ "$level" = amx ]; then
-  install_level amx "$AMX"
-  if smoke 2>/tmp/ragtune-llama-smoke.$$ && ! grep -q "AMX is not ready" /tmp/ragtune-llama-smoke.$$; then
-    rm -f /tmp/ragtune-llama-smoke.$$; echo "llama-cpp-python: AMX build"; exit 0
+  log=$(mktemp)
+  if install_level amx "$AMX" && smoke 2>"$log" && ! grep -q "AMX is not ready" "$log"; then
+    rm -f "$log"; echo "llama-cpp-python: AMX build"; exit 0
   fi
-  rm -f /tmp/ragtune-llama-smoke.$$
-  echo "llama-cpp-python: the AMX build failed its smoke test on this CPU; trying the AVX-512 build"
+  cat "$log" >&2; rm -f "$log"
+  echo "llama-cpp-python: the AMX build failed to build or its smoke test on this CPU; trying the AVX-512 build"
   level=avx512
 fi
 if [ "$level" = avx512 ]; then
-  install_level avx512 "$AVX512"
-  if smoke; then echo "llama-cpp-python: AVX-512 build"; exit 0; fi
-  echo "llama-cpp-python: the AVX-512 build failed its smoke test on this CPU; using the portable AVX2 build"
+  if install_level avx512 "$AVX512" && smoke; then echo "llama-cpp-python: AVX-512 build"; exit 0; fi
+  echo "llama-cpp-python: the AVX-512 build failed to build or its smoke test on this CPU; using the portable AVX2 build"
 fi
 install_level avx2 "$AVX2"
 smoke
