@@ -242,6 +242,7 @@ def test_cli_bench_answers_scores_what_it_printed(home):
     assert out["unanswerable_with_suggestions"] == sum(bool(r["suggested"]) for r in una)
     assert out["latency_ms_p50"] <= out["latency_ms_p95"]
     assert out["model_ran"] == sum(r["model_ran"] for r in rows) == 0  # extract mode: no model
+    assert out["runtime"] == ""  # the echo generator runs nothing local
     auto = json.loads(run_cli(home, "bench", "answers", "--questions", str(questions), "--split", "dev", "--limit",
                               "12", "--model", "echo", "--answer-mode", "auto", "--json").stdout)
     assert 0 < auto["model_ran"] == sum(not r["abstained"] for r in auto["per_question"])  # every answer: the model's

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import socket
 import time
 
@@ -216,6 +217,7 @@ def test_smollm2_streams_real_text(tmp_path):
     assert len(pieces) > 1 and "".join(pieces).strip()
     assert gen.generate(PROMPT, max_tokens=16) == "".join(pieces)  # temperature 0 is deterministic
     assert 0 < gen.count_tokens("Refunds take five days.") < 20
+    assert re.fullmatch(r"llama\.cpp \d+\.\d+\.\d+ \((AMX_INT8|AVX512|AVX2|portable)\)", gen.runtime())
     assert (tmp_path / "models" / ".sha256-verified.json").is_file()
     gen.close()
 

@@ -76,6 +76,7 @@ def test_streams_deterministically_and_keeps_the_system_turn(home):
     assert kept == cold == "".join(pieces)
     assert warm.generate(_ask("How much is the City plan?"), max_tokens=24, stop=["39"]).rstrip().endswith("$")
     assert 0 < warm.count_tokens("Refunds take five days.") < 20
+    assert warm.runtime().startswith("torch 2.") and warm.runtime().endswith(")")
     with pytest.raises(ModelError, match="context window"):
         warm.generate(_ask("plan " * 600), max_tokens=8)
     warm.close()

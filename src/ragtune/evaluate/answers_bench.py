@@ -101,6 +101,8 @@ def bench_answers(strategy, questions: list[dict[str, Any]], progress: bool = Fa
     return {
         "strategy": strategy.name,
         "model": getattr(getattr(strategy, "generator", None), "name", ""),
+        # what ran the model (e.g. llama.cpp's build level): latencies differ ~2x between builds on one CPU
+        "runtime": strategy.generator.runtime() if getattr(strategy, "generator", None) else "",
         "questions": len(per), "answerable": len(ans), "unanswerable": len(una),
         "answer_accuracy": rate(ans), "abstention_accuracy": rate(una),
         # 95% Wilson intervals: a set of 20 questions cannot tell 0.75 from 0.85

@@ -65,6 +65,11 @@ class Generator(ABC):
         """Tokens `text` takes in this model's window (backends with a tokenizer override this)."""
         return max(1, len(text) // 4)
 
+    def runtime(self) -> str:
+        """What runs the model, for benchmark reports (a local runtime's version and CPU level); '' when nothing
+        local does."""
+        return ""
+
     def close(self) -> None:
         """Release the model or connection (optional; a closed generator reopens on next use)."""
 
@@ -390,6 +395,14 @@ class LlamaCppGenerator(Generator):
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def runtime(self) -> str:
+        """`llama.cpp VERSION (LEVEL)`: the best CPU level the installed build uses (see tools/install-llama-cpp.sh)."""
+        import llama_cpp
+
+        info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+        level = next((f for f in ("AMX_INT8", "AVX512", "AVX2") if f"{f} = 1" in info), "portable")
+        return f"llama.cpp {llama_cpp.__version__} ({level})"
 
     def close(self) -> None:
         with self._load_lock:

@@ -105,6 +105,12 @@ class TorchGGUFGenerator(Generator):
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
 
+    def runtime(self) -> str:
+        import torch
+
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()  # oneDNN reads bf16 prompts on it
+        return f"torch {torch.__version__} ({'AMX' if amx else torch.backends.cpu.get_cpu_capability()})"
+
     # ------------------------------------------------------------------ loading
     def _loaded(self):
         if self._model is None:
