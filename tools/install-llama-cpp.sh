@@ -2,8 +2,9 @@
 # Installs llama-cpp-python (llama.cpp's bindings) into the venv whose python is $1, compiled from source once per
 # CPU level into a wheel cache. Levels, best first, each used only where /proc/cpuinfo lists its instructions and
 # its build passes a smoke test on this machine (else the next one):
-#   amx     AVX-512 + AMX tiles (Sapphire Rapids and later): a 1,000-token prompt ~2.7x faster than avx512 on a
-#           2-core Xeon, tokens ~1.4x faster (same perplexity, 98% same top token). Two fixes are patched into
+#   amx     AVX-512 + AMX tiles (Sapphire Rapids and later): on a 2-core Xeon the first token after ~940 tokens
+#           of sources came 2.6x sooner than with avx512 and a 60-token answer took half the time
+#           (benchmarks/long_context.py); same perplexity, 98% same top token. Two fixes are patched into
 #           llama.cpp 0.3.36's AMX code first, else it dies with SIGILL at a tile load: (1) it fills its tile
 #           configuration on the stack and GCC 12 drops those stores as dead (nothing tells it that
 #           _tile_loadconfig reads them): a compiler barrier, as upstream proposes in ggml-org/llama.cpp#26954;
