@@ -398,8 +398,10 @@ class LlamaCppGenerator(Generator):
 
     def runtime(self) -> str:
         """`llama.cpp VERSION (LEVEL)`: the best CPU level the installed build uses (see tools/install-llama-cpp.sh)."""
-        import llama_cpp
-
+        try:
+            import llama_cpp
+        except ImportError:  # extract mode answers without the model: a benchmark still reports
+            return "llama.cpp (not installed)"
         info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
         level = next((f for f in ("AMX_INT8", "AVX512", "AVX2") if f"{f} = 1" in info), "portable")
         return f"llama.cpp {llama_cpp.__version__} ({level})"
