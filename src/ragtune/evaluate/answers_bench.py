@@ -98,11 +98,12 @@ def bench_answers(strategy, questions: list[dict[str, Any]], progress: bool = Fa
     def interval(xs):
         ci = wilson_interval(sum(p["correct"] for p in xs), len(xs))
         return [round(ci[0], 3), round(ci[1], 3)] if ci else None
+    generator = getattr(strategy, "generator", None)
     return {
         "strategy": strategy.name,
-        "model": getattr(getattr(strategy, "generator", None), "name", ""),
+        "model": getattr(generator, "name", ""),
         # what ran the model (e.g. llama.cpp's build level): latencies differ ~2x between builds on one CPU
-        "runtime": strategy.generator.runtime() if getattr(strategy, "generator", None) else "",
+        "runtime": generator.runtime() if generator else "",
         "questions": len(per), "answerable": len(ans), "unanswerable": len(una),
         "answer_accuracy": rate(ans), "abstention_accuracy": rate(una),
         # 95% Wilson intervals: a set of 20 questions cannot tell 0.75 from 0.85
