@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile tools/install-llama-cpp.sh
+$(STAMP): pyproject.toml Makefile tools/install-llama-cpp.sh $(wildcard tools/llama-cpp/*.patch)
 	# headless Chromium for the browser tests: Debian's package (Playwright never downloads a browser)
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

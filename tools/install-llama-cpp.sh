@@ -1,22 +1,24 @@
 #!/bin/sh
 # Installs llama-cpp-python (llama.cpp's bindings) into the venv whose python is $1, compiled from source once per
-# CPU level into a wheel cache. Levels, best first, each used only where /proc/cpuinfo lists its instructions and
-# its build passes a smoke test on this machine (else the next one):
+# CPU level and patch set into a wheel cache. Levels, best first, each used only where /proc/cpuinfo lists its
+# instructions and its build passes a smoke test on this machine (else the next one):
 #   amx     AVX-512 + AMX tiles (Sapphire Rapids and later): on a 2-core Xeon the first token after ~940 tokens
 #           of sources came 2.6x sooner than with avx512 and a 60-token answer took half the time
-#           (benchmarks/long_context.py); same perplexity, 98% same top token. Two fixes are patched into
-#           llama.cpp 0.3.36's AMX code first, else it dies with SIGILL at a tile load: (1) it fills its tile
-#           configuration on the stack and GCC 12 drops those stores as dead (nothing tells it that
-#           _tile_loadconfig reads them): a compiler barrier, as upstream proposes in ggml-org/llama.cpp#26954;
-#           (2) it loads the configuration once per thread, but torch (oneDNN) in the same process releases the
-#           tiles after its own AMX matmuls: the configuration is loaded at every multiplication instead.
+#           (benchmarks/long_context.py); same perplexity, 98% same top token.
 #   avx512  AVX-512 with VNNI and BF16: 1.35x faster prompts than avx2.
 #   avx2    portable.
+# Every level builds from llama-cpp-python's source with the patches in tools/llama-cpp/ applied to its llama.cpp
+# (each file says what it fixes and what it measured): amx-tile-config.patch makes the AMX build work at all (it
+# died with SIGILL), flash-attention-avx512.patch vectorises the attention loops with AVX-512 (on the AMX build a
+# ~940-token prompt's first token 1.07 -> 0.77 s, each later token ~20% sooner). A changed patch set gets a cache
+# folder of its own, so it is rebuilt.
 # Never -march=native. Override with LLAMA_LEVEL=amx|avx512|avx2.
 set -eu
 PY=$1
 VERSION=0.3.36
 CACHE=${LLAMA_WHEEL_CACHE:-$HOME/.cache/ragtune}
+PATCHES=$(cd "$(dirname "$0")/llama-cpp" && pwd)
+PATCH_SET=$(for p in "$PATCHES"/*.patch; do sed -n '/^diff --git/,$p' "$p"; done | sha256sum | cut -c1-12)  # code, not notes
 AVX2="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 AVX512="$AVX2 -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON"
 AMX="$AVX512 -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON -DGGML_AMX_BF16=ON"
@@ -25,37 +27,26 @@ has_flags() {
   for flag in "$@"; do grep -qw "$flag" /proc/cpuinfo 2>/dev/null || return 1; done
 }
 
-patched_source() {  # unpack llama-cpp-python's source into folder $1 and apply both AMX fixes to it
+patched_source() {  # unpack llama-cpp-python's source into folder $1 and apply tools/llama-cpp/*.patch to it
   "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$1" \
     "llama-cpp-python==$VERSION" || return 1
   tar -xzf "$1"/llama_cpp_python-$VERSION.tar.gz -C "$1" || return 1
-  "$PY" - "$1/llama_cpp_python-$VERSION/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp" <<'PY'
-import pathlib, sys
-path = pathlib.Path(sys.argv[1])
-text = path.read_text()
-once = "    static thread_local bool done = false;\n\n    if (done) {\n        return;\n    }\n"
-load = "    _tile_loadconfig(&tc);"
-mark = "    done = true;\n"
-assert [text.count(s) for s in (once, load, mark)] == [1, 1, 1], "llama.cpp's AMX tile code changed: review the fixes"
-text = text.replace(once, "").replace(mark, "")
-path.write_text(text.replace(load, '    __asm__ __volatile__("" : : "r"(&tc) : "memory");\n' + load))
-PY
+  for patch in "$PATCHES"/*.patch; do
+    # git apply checks the whole patch before it changes anything: a llama.cpp that moved fails here, loudly
+    (cd "$1/llama_cpp_python-$VERSION/vendor/llama.cpp" && git apply "$patch") ||
+      { echo "llama-cpp-python: $patch does not apply to $VERSION's llama.cpp: review it" >&2; return 1; }
+  done
 }
 
 install_level() {  # build the wheel for level $1 (cmake args $2) unless cached, then install it; status 1 when
   # either fails (callers test it: `set -e` does not stop inside a tested function)
-  dir=$CACHE/llama-wheels-$1
+  dir=$CACHE/llama-wheels-$1-$PATCH_SET
   if [ ! -f "$dir/.built" ]; then
     echo "building llama-cpp-python $VERSION for $1 (about 10 minutes on 2 cores, once)"
-    target="llama-cpp-python==$VERSION"
-    src=
-    if [ "$1" = amx ]; then
-      src=$(mktemp -d)
-      target=$src/llama_cpp_python-$VERSION
-      patched_source "$src" || { rm -rf "$src"; return 1; }
-    fi
-    CMAKE_ARGS="$2" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-      "$PY" -m pip wheel -q --no-deps --no-cache-dir -w "$dir" "$target" || { rm -rf "$src"; return 1; }
+    src=$(mktemp -d)
+    patched_source "$src" &&
+      CMAKE_ARGS="$2" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$PY" -m pip wheel -q --no-deps --no-cache-dir \
+        -w "$dir" "$src/llama_cpp_python-$VERSION" || { rm -rf "$src"; return 1; }
     rm -rf "$src"
     touch "$dir/.built"
   fi
@@ -65,9 +56,10 @@ install_level() {  # build the wheel for level $1 (cmake args $2) unless cached,
 }
 
 smoke() {  # in a process of its own: read a 300-token repetitive prompt with the default model (the AMX kernels
-  # run on prompts), with a torch bf16 multiplication between its halves where torch is installed (oneDNN's AMX
-  # releases the tiles), and check the next 4 greedy tokens continue the repetition: a build that computes garbage
-  # fails as surely as one that crashes; a CPU that lists AMX but refuses it ("AMX is not ready") fails too
+  # and the patched attention run on prompts and tokens), with a torch bf16 multiplication between its halves where
+  # torch is installed (oneDNN's AMX releases the tiles), and check the next 4 greedy tokens continue the
+  # repetition: a build that computes garbage fails as surely as one that crashes; a CPU that lists AMX but
+  # refuses it ("AMX is not ready") fails too
   log=$(mktemp)
   status=0
   "$PY" - 2>"$log" <<'PY' || status=1
