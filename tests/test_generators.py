@@ -298,7 +298,7 @@ def test_smollm2_kept_system_turn_gives_the_same_text_as_a_cold_start(tmp_path):
 @pytest.mark.slow
 def test_smollm2_predicts_the_same_reading_a_token_at_a_time_as_in_one_batch(tmp_path):
     """llama.cpp runs a prompt's attention and each generated token's through different kernels, both vectorised by
-    tools/llama-cpp/flash-attention-avx512.patch: reading one text both ways must predict the same next tokens.
+    tools/llama-cpp/flash-attention-simd.patch: reading one text both ways must predict the same next tokens.
     600 tokens of help-centre pages: past 512 cached keys the one-token path also splits the keys across threads."""
     llama_cpp = pytest.importorskip("llama_cpp")
     np = pytest.importorskip("numpy")

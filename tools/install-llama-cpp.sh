@@ -9,9 +9,9 @@
 #   avx2    portable.
 # Every level builds from llama-cpp-python's source with the patches in tools/llama-cpp/ applied to its llama.cpp
 # (each file says what it fixes and what it measured): amx-tile-config.patch makes the AMX build work at all (it
-# died with SIGILL), flash-attention-avx512.patch vectorises the attention loops with AVX-512 (on the AMX build a
-# ~940-token prompt's first token 1.07 -> 0.77 s, each later token ~20% sooner). A changed patch set gets a cache
-# folder of its own, so it is rebuilt.
+# died with SIGILL), flash-attention-simd.patch vectorises the attention loops with AVX-512, else AVX2 (on the AMX
+# build a ~940-token prompt's first token 1.07 -> 0.77 s and each later token ~20% sooner; on the AVX2 build tokens
+# ~14% sooner). A changed patch set gets a cache folder of its own, so it is rebuilt.
 # Never -march=native. Override with LLAMA_LEVEL=amx|avx512|avx2.
 set -eu
 PY=$1
