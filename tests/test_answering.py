@@ -371,7 +371,7 @@ def test_passages_that_differ_only_in_their_first_word_conflict():
     assert g.conflict(a, b)
 
 
-def test_sentence_vectors_kept_at_indexing_give_the_same_answers_as_embedding_them_when_asked(real_kb, tmp_path):
+def test_passage_vectors_kept_at_indexing_give_the_same_answers_as_embedding_them_when_asked(real_kb, tmp_path):
     from ragtune import passages
     from ragtune.settings import Settings
     from ragtune.store.sqlite import SQLiteStore
@@ -384,8 +384,9 @@ def test_sentence_vectors_kept_at_indexing_give_the_same_answers_as_embedding_th
     register_sources(plain, plain_bot, [str(KB)], plain_settings)
     sync_bot(plain, plain_settings, plain_bot, embedder=embedder)
     chunk = store.list_chunks(bot)[0]
-    units = passages.sentence_units(chunk.title, chunk.heading, chunk.text)
+    units = passages.sentence_units(chunk.title, chunk.heading, chunk.text, settings.evidence_window)
     keys = [passages.unit_key(u) for u in units]
+    assert len(keys) > len(passages.sentence_units(chunk.title, chunk.heading, chunk.text))  # windows too
     assert len(store.passage_vectors(bot, embedder.identity, keys)) == len(set(keys)) > 0
     assert plain.passage_vectors(plain_bot, embedder.identity, keys) == {}
     for q in ("How long does a full battery charge take from empty?", "Can I pay with PayPal?",

@@ -144,6 +144,11 @@ def test_passage_vectors_are_kept_per_bot_and_go_with_their_chunk(st):
     rows = passages.index_rows(EMB, doc.title, chunks)
     units = passages.sentence_units(doc.title, chunks[0].heading, chunks[0].text)
     assert len(rows) == len(units) == 2 and units[0] == "Doc: Refunds take thirty days."
+    # runs of up to `window` consecutive sentences too: the two sentences, then both together
+    windows = passages.sentence_units(doc.title, chunks[0].heading, chunks[0].text, window=3)
+    assert windows == units + ["Doc: Refunds take thirty days. Repairs cost 45 dollars per hour."]
+    assert [r[1] for r in passages.index_rows(EMB, doc.title, chunks, window=3)] == \
+        [passages.unit_key(u) for u in windows]
     st.replace_document(a, src, doc, chunks, EMB.embed([c.text for c in chunks]), EMB.identity, rows)
     keys = [passages.unit_key(u) for u in units]
     kept = st.passage_vectors(a, EMB.identity, keys + ["missing"])

@@ -100,10 +100,16 @@ def test_sentence_vectors_are_added_to_documents_indexed_without_them(settings, 
     assert store.passage_vectors(bot, emb.identity, [key]) == {}
     r = sync_bot(store, settings.replace(embed_sentences=False), bot, embedder=emb)
     assert r.unchanged == 2  # not asked for: nothing to do
-    r = sync_bot(store, settings, bot, embedder=emb)
+    single = settings.replace(evidence_window=1)  # sentences only, as stores indexed before windows were
+    r = sync_bot(store, single, bot, embedder=emb)
     assert (r.updated, r.unchanged) == (2, 0) and list(store.passage_vectors(bot, emb.identity, [key])) == [key]
+    pair = passages.unit_key(passages.unit_text("A", "Apples are red. Pears are green."))
+    assert store.passage_vectors(bot, emb.identity, [pair]) == {}
+    r = sync_bot(store, settings, bot, embedder=emb)  # windows of up to evidence_window sentences: re-indexed
+    assert (r.updated, r.unchanged) == (2, 0) and list(store.passage_vectors(bot, emb.identity, [pair])) == [pair]
     r = sync_bot(store, settings, bot, embedder=emb)
     assert r.unchanged == 2
+    assert sync_bot(store, single, bot, embedder=emb).unchanged == 2  # more than asked for is kept
 
 
 def test_poetry_docs_version_change(tmp_path, home):

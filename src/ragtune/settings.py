@@ -63,8 +63,9 @@ class Settings:
     # ingestion
     chunk_tokens: int = _f(200, "most embedder tokens in one chunk (the embedder reads at most 256)")
     chunk_overlap: int = _f(32, "tokens repeated between neighbouring chunks of one section")
-    embed_sentences: bool = _f(True, "embed each chunk's sentences at indexing time too, so answering embeds only "
-                                     "a few passages (indexing takes about twice as long; false = at answer time)")
+    embed_sentences: bool = _f(True, "embed each chunk's sentences and runs of up to evidence_window sentences at "
+                                     "indexing time too, so answering embeds only the question (indexing takes "
+                                     "several times as long; false = the passages it scores, at answer time)")
     max_file_mb: float = _f(50.0, "files larger than this are refused (reported in `failed`)")
     include: str = _f("", "comma-separated globs a folder source's files must match (empty = all supported)")
     exclude: str = _f("", "comma-separated globs of files to skip in folder sources")

@@ -185,7 +185,7 @@ class RagStrategy(Strategy):
         idf = self._idf(question)
         scored = self._score(question, qvec, idf, singles)
         seeds = {(p.hit, p.start) for p in scored[: self.settings.evidence_seeds]}
-        windows = [(path, " ".join(sents[j : j + w]), i, j, w) for path, sents, i in sentences
+        windows = [(path, passages.window_text(sents, j, w), i, j, w) for path, sents, i in sentences
                    for w in range(2, self.settings.evidence_window + 1) for j in range(len(sents) - w + 1)
                    if any((i, k) in seeds for k in range(j, j + w))]
         scored = sorted(scored + self._score(question, qvec, idf, windows), key=lambda x: -x.score)
@@ -200,8 +200,7 @@ class RagStrategy(Strategy):
         lexical = [g.coverage(question, f"{u[0]} {u[1]}", idf) for u in units]
         if self.embedder is not None and qvec is not None:
             texts = [passages.unit_text(u[0], u[1]) for u in units]
-            single = any(u[4] == 1 for u in units)  # only single sentences are kept at indexing time
-            cosines = [float(c) for c in passages.vectors(self.store, self.bot, self.embedder, texts, single) @ qvec]
+            cosines = [float(c) for c in passages.vectors(self.store, self.bot, self.embedder, texts) @ qvec]
         else:
             cosines = lexical
         a, bonus = self.settings.evidence_semantic_weight, self.settings.answer_type_bonus

@@ -273,7 +273,7 @@ def _indexed_as_asked(state: DocumentState, identity: str, redact: bool, setting
     """Whether a stored document was indexed the way the settings now ask (embedder, PII redaction, sentence
     vectors): one that was not is re-indexed even when its content is unchanged."""
     return state.embedder == identity and is_redacted(state.metadata) == redact and \
-        passages.current(state.metadata, settings.embed_sentences)
+        passages.current(state.metadata, settings.embed_sentences, settings.evidence_window)
 
 
 def _store_loaded(ctx: _Context, source, loaded) -> None:
@@ -285,8 +285,8 @@ def _store_loaded(ctx: _Context, source, loaded) -> None:
     for is_new, doc, chunks in loaded:
         rows = ()
         if settings.embed_sentences:
-            rows = passages.index_rows(embedder, doc.title, chunks, settings.embed_batch_size)
-            doc = dataclasses.replace(doc, metadata={**doc.metadata, passages.INDEXED: True})
+            rows = passages.index_rows(embedder, doc.title, chunks, settings.embed_batch_size, settings.evidence_window)
+            doc = dataclasses.replace(doc, metadata={**doc.metadata, passages.INDEXED: settings.evidence_window})
         # a file edited between hashing and loading is stored with the hash of what was loaded
         store.replace_document(bot, source, doc, chunks, vectors[offset : offset + len(chunks)], embedder.identity,
                                rows)
