@@ -1,9 +1,11 @@
 """What the installed llama.cpp build computes, so two builds (levels, patches in tools/llama-cpp/) can be compared.
-The default model (its served copy, as `ragtune ask` loads it) reads Poetry doc pages: each page's first --prompt tokens as one batch (the prompt kernels), then
---steps tokens one at a time (the per-token kernels), and reports the mean negative log-likelihood of each true next
-token on both paths (lower = the model predicts the docs better; a build that computes wrong numbers shows here)
-and the time per prompt and per token. `--save FILE` keeps the predicted (top) tokens; `--compare FILE` reports how
-often this build predicts the same top token as the saved one. Prints one JSON object.
+The default model (its served copy, as `ragtune ask` loads it) reads Poetry doc pages: each page's first --prompt
+tokens as one batch (the prompt kernels), then --steps tokens one at a time (the per-token kernels), and reports the
+mean negative log-likelihood of each true next token on both paths (lower = the model predicts the docs better; a
+build that computes wrong numbers shows here) and the time per prompt and per token (a prompt's time here includes
+the output layer at every position, which answering computes only at the last: compare builds with it, not with
+answer latencies). `--save FILE` keeps the predicted (top) tokens; `--compare FILE` reports how often this build
+predicts the same top token as the saved one. Prints one JSON object.
 
     .venv/bin/python benchmarks/llama_numerics.py --save /tmp/a.json      # build A
     (rebuild: LLAMA_LEVEL=... sh tools/install-llama-cpp.sh .venv/bin/python, or edit a patch)
