@@ -166,7 +166,7 @@ class RagStrategy(Strategy):
         embedding similarity to the question and by the question's rare terms they contain (IDF over the whole
         bot): passages, best first. Sentences come from the top `evidence_hits` of the first
         `fused` hits and from every hit after those (the rescued ones). Every sentence is scored; longer windows
-        only around the `evidence_seeds` best sentences (embedding long windows is most of the cost). Also returns
+        only around the `evidence_seeds` best sentences (vectors kept at indexing time, else embedded). Also returns
         the best passage's similarity, the number of instruction-like sentences dropped from the hits, and each
         evidence hit's sentences (what `Passage.start`/`size` count)."""
         sentences: list[tuple[str, list[str], int]] = []  # (heading path, sentences, hit)

@@ -270,8 +270,8 @@ def _ingest_group(ctx: _Context, source, group, max_bytes, bar, on_document) -> 
 
 
 def _indexed_as_asked(state: DocumentState, identity: str, redact: bool, settings: Settings) -> bool:
-    """Whether a stored document was indexed the way the settings now ask (embedder, PII redaction, sentence
-    vectors): one that was not is re-indexed even when its content is unchanged."""
+    """Whether a stored document was indexed the way the settings now ask (embedder, PII redaction, passage
+    vectors up to evidence_window sentences): one that was not is re-indexed even when its content is unchanged."""
     return state.embedder == identity and is_redacted(state.metadata) == redact and \
         passages.current(state.metadata, settings.embed_sentences, settings.evidence_window)
 
