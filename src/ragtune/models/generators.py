@@ -318,15 +318,21 @@ class LlamaCppGenerator(Generator):
                     self._llm = self._load()
         return self._llm
 
-    def _load(self):
+    def model_file(self) -> Path:
+        """The GGUF file this generator loads, checked: the default model's served copy is made (or its digest
+        checked) here, a file with a known sha256 is verified."""
         if self.resolve is not None:
             self.model_path = self.resolve()
         if not self.model_path.is_file():
             raise ModelError(f"model file {self.model_path} does not exist")
-        if self.lora_path is not None and not self.lora_path.is_file():
-            raise ModelError(f"LoRA adapter {self.lora_path} does not exist")
         if self.sha256:
             verify_sha256(self.model_path, self.sha256, self.verify_cache)
+        return self.model_path
+
+    def _load(self):
+        self.model_file()
+        if self.lora_path is not None and not self.lora_path.is_file():
+            raise ModelError(f"LoRA adapter {self.lora_path} does not exist")
         try:
             import llama_cpp
         except ImportError as exc:
