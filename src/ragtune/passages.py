@@ -7,7 +7,7 @@ answer on a 2-core CPU."""
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -45,6 +45,15 @@ def unit_key(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def window_spans(count: int, window: int, smallest: int = 1) -> Iterator[tuple[int, int]]:
+    """(start, size) of every run of `smallest`..`window` consecutive sentences among `count`, shorter runs first:
+    the passages indexing embeds and the answer path scores (one definition, so the vectors answering looks up
+    are the ones indexing kept)."""
+    for size in range(smallest, window + 1):
+        for start in range(count - size + 1):
+            yield start, size
+
+
 def window_text(sentences: Sequence[str], start: int, size: int) -> str:
     """The passage of `size` consecutive sentences from `start` (how answering and indexing both join them)."""
     return " ".join(sentences[start : start + size])
@@ -54,7 +63,7 @@ def sentence_units(title: str, heading: tuple[str, ...], text: str, window: int 
     """The embedder texts of a chunk's passages: every sentence, then every run of 2..`window` consecutive ones."""
     path = heading_path(title, heading)
     sents = chunk_sentences(text)[0]
-    return [unit_text(path, window_text(sents, j, w)) for w in range(1, window + 1) for j in range(len(sents) - w + 1)]
+    return [unit_text(path, window_text(sents, j, w)) for j, w in window_spans(len(sents), window)]
 
 
 def index_rows(embedder: "Embedder", title: str, chunks: Sequence["Chunk"], batch_size: int = 64, window: int = 1

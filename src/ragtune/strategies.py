@@ -186,7 +186,7 @@ class RagStrategy(Strategy):
         scored = self._score(question, qvec, idf, singles)
         seeds = {(p.hit, p.start) for p in scored[: self.settings.evidence_seeds]}
         windows = [(path, passages.window_text(sents, j, w), i, j, w) for path, sents, i in sentences
-                   for w in range(2, self.settings.evidence_window + 1) for j in range(len(sents) - w + 1)
+                   for j, w in passages.window_spans(len(sents), self.settings.evidence_window, smallest=2)
                    if any((i, k) in seeds for k in range(j, j + w))]
         scored = sorted(scored + self._score(question, qvec, idf, windows), key=lambda x: -x.score)
         return scored, max(p.similarity for p in scored), removed, split
