@@ -92,6 +92,20 @@ def test_embedder_path_errors(settings, tmp_path):
     assert same.identity.startswith("st:copy/")
     text = ["Cancel my plan"]
     assert np.allclose(same.embed(text), TorchMiniLMEmbedder().embed(text), atol=1e-5)
+    assert same.dim == same.embed(text).shape[1] == 384
+
+
+def test_a_wider_sentence_transformers_folder_sets_the_vector_width(tmp_path):
+    """A user's folder of another size (all-mpnet-base-v2 writes 768-d vectors) is read at its own width."""
+    wide = tmp_path / "wide"
+    shutil.copytree(packaged_minilm_folder(), wide)
+    pooling = json.loads((wide / "1_Pooling/config.json").read_text())
+    (wide / "1_Pooling/config.json").write_text(json.dumps({**pooling, "word_embedding_dimension": 768}))
+    assert TorchMiniLMEmbedder(path=wide).dim == 768
+    (wide / "1_Pooling/config.json").unlink()  # no pooling config: the encoder's own width
+    config = json.loads((wide / "config.json").read_text())
+    (wide / "config.json").write_text(json.dumps({**config, "hidden_size": 1024}))
+    assert TorchMiniLMEmbedder(path=wide).dim == 1024
 
 
 def test_a_generator_that_writes_no_questions_is_a_clear_error(kb, settings, home):

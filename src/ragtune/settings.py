@@ -33,7 +33,8 @@ class Settings:
         ("minilm", "minilm-torch", "openai", "hash"),
     )
     embedder_path: str = _f("", "a sentence-transformers model folder the minilm-torch embedder loads in place of the "
-                            "packaged all-MiniLM-L6-v2 (e.g. one `ragtune tune-embedder` wrote); changing it "
+                            "packaged all-MiniLM-L6-v2 (one `ragtune tune-embedder` wrote, or any other, at its own "
+                            "vector width); changing it "
                             "re-embeds each bot on its next sync")
     embedder_url: str = _f("", "base URL of an OpenAI-compatible embeddings endpoint, e.g. http://127.0.0.1:11434/v1")
     embedder_model: str = _f("", "model name sent to the embeddings endpoint")

