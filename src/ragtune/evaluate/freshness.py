@@ -65,7 +65,7 @@ def measure_freshness(store: Store, bot: Bot, settings: Settings, embedder: Embe
         home = Path(tmp)
         store.copy_bot(bot, home)
         provider.copy_adapters(bot, home)
-        csettings = settings.replace(home=str(home))
+        csettings = settings.replace(home=str(home), store_url="")  # the copy is a SQLite home of its own
         cstore = open_store(csettings)
         try:
             cbot = cstore.get_bot(bot.name)

@@ -16,6 +16,7 @@ from ..ingest.sync import register_sources, sync_bot
 from ..models.embedders import open_embedder
 from ..retrieval import Retriever
 from ..settings import Settings
+from ..store import Store
 from ..store.sqlite import SQLiteStore
 from .metrics import mrr_at_k, ndcg_at_k, recall_at_k
 
@@ -49,7 +50,10 @@ def _doc_ranking(hits, file_to_id) -> list[str]:
     return ranked
 
 
-def bench_retrieval(folder: str | Path, settings: Settings, split: str = "test", max_docs: int = 0) -> dict:
+def bench_retrieval(folder: str | Path, settings: Settings, split: str = "test", max_docs: int = 0,
+                    store: Store | None = None) -> dict:
+    """`store`: an empty store to index into (benchmarks/postgres_store.py passes a Postgres one), else a temporary
+    SQLite store; it is closed at the end either way."""
     corpus, queries, qrels = read_beir(folder, split)
     if max_docs:
         corpus = corpus[:max_docs]
@@ -66,16 +70,13 @@ def bench_retrieval(folder: str | Path, settings: Settings, split: str = "test",
             body = (d.get("text") or "").strip()
             (docs_dir / f"{stem}.md").write_text(f"# {title}\n\n{body}\n" if title else body + "\n", encoding="utf-8")
         settings = settings.replace(home=tmp, bot="bench")
-        store = SQLiteStore(Path(tmp) / "ragtune.db")
+        store = store if store is not None else SQLiteStore(Path(tmp) / "ragtune.db")
         embedder = open_embedder(settings)
         bot = store.ensure_bot("bench")
         register_sources(store, bot, [str(docs_dir)], settings)
         report = sync_bot(store, settings, bot, embedder=embedder)
         # the bare embedder on exactly the texts the pipeline embedded, in the same run
-        rows = store.db.execute(
-            "SELECT d.title, c.heading, c.text FROM chunks c JOIN documents d ON d.id = c.document_id"
-        ).fetchall()
-        texts = [embedding_text(r[0], tuple(h for h in r[1].split(" > ") if h), r[2]) for r in rows]
+        texts = [embedding_text(c.title, c.heading, c.text) for c in store.list_chunks(bot)]
         started = time.perf_counter()
         embedder.embed(texts, batch_size=settings.embed_batch_size)
         raw_seconds = time.perf_counter() - started
@@ -107,6 +108,7 @@ def bench_retrieval(folder: str | Path, settings: Settings, split: str = "test",
         "documents": len(corpus),
         "chunks": n_chunks,
         "queries": len(scored_queries),
+        "store": type(store).__name__,
         "embedder": embedder.identity,
         "results": results,
         "index_seconds": round(report.seconds, 2),

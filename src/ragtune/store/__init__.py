@@ -1,4 +1,5 @@
-"""Stores: where bots, documents, chunks and vectors live. `open_store(settings)` picks the backend."""
+"""Stores: where bots, documents, chunks and vectors live. `open_store(settings)` picks the backend: SQLite in the
+home folder (default) or Postgres at `store_url`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ __all__ = ["ApiKey", "Bot", "DocumentState", "Source", "Store", "StoredChunk", "
 
 
 def open_store(settings: Settings) -> Store:
+    """The Postgres store at `store_url` when one is set, else the SQLite file in `home`."""
+    if settings.store_url:
+        from .postgres import PostgresStore
+
+        return PostgresStore(settings.store_url)
     from .sqlite import SQLiteStore
 
     home = settings.home_path

