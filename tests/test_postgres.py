@@ -51,3 +51,28 @@ def test_an_unreachable_store_is_a_one_line_error(home):
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "cannot connect to the store at postgresql://support:***@127.0.0.1:9/ragtune" in proc.stderr
     assert "hunter2" not in proc.stderr
+
+
+def test_hnsw_mode_searches_through_the_index_and_exact_mode_never_does(postgres_url):
+    import numpy as np
+
+    from ragtune.store.postgres import PostgresStore
+    from ragtune.types import Chunk, LoadedDocument, Section
+
+    vecs = np.random.default_rng(0).standard_normal((300, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    for mode in ("hnsw", "exact"):
+        with PostgresStore(postgres_url, mode) as store:
+            bot = store.ensure_bot("b")
+            if mode == "hnsw":
+                src = store.add_source(bot, "/s", "folder", {})
+                doc = LoadedDocument("/s/a.md", "a", (Section((), "x"),), "h", 0.0)
+                store.replace_document(bot, src, doc, [Chunk(f"c{i}", i, (), "x", 1) for i in range(300)], vecs, "e")
+            # the exact store searches the same rows, which the first one indexed
+            # a sort is the planner's last resort: it takes an index that yields the order whenever the query allows
+            store.db.execute("SET enable_sort = off")
+            plan = "\n".join(r["QUERY PLAN"] for r in store.db.execute(
+                "EXPLAIN " + store.dense_sql(384), {"q": vecs[7], "b": bot.id, "e": "e", "k": 5}).fetchall())
+            assert ("vectors_hnsw_384" in plan) == (mode == "hnsw"), plan
+            got = store.search_dense(bot, vecs[7], 5, "e")
+            assert got[0][0] == "c7" and got[0][1] > 0.99

@@ -17,13 +17,16 @@ def _sqlite(tmp_path):
     return SQLiteStore(tmp_path / "s.db")
 
 
-def _postgres(request, tmp_path):
-    from ragtune.store.postgres import PostgresStore
+def _postgres(vector_index):
+    def make(request, tmp_path):
+        from ragtune.store.postgres import PostgresStore
 
-    return PostgresStore(request.getfixturevalue("postgres_url"))
+        return PostgresStore(request.getfixturevalue("postgres_url"), vector_index)
+    return make
 
 
-STORES = {"sqlite": lambda request, tmp_path: _sqlite(tmp_path), "postgres": _postgres}
+STORES = {"sqlite": lambda request, tmp_path: _sqlite(tmp_path), "postgres": _postgres("exact"),
+          "postgres-hnsw": _postgres("hnsw")}
 
 
 @pytest.fixture(params=sorted(STORES))

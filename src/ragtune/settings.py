@@ -28,6 +28,11 @@ class Settings:
     store_url: str = _f("", "a PostgreSQL database (postgresql://user@host/db, pgvector installed) that holds the "
                         "bots instead of the SQLite file in `home`, for several servers to share; needs the postgres "
                         "extra (the password is best left to PGPASSWORD or ~/.pgpass)", secret=True)
+    store_vector_index: str = _f("exact", "Postgres dense search: exact (every vector of the bot compared) or hnsw "
+                                 "(pgvector's approximate index: for millions of chunks; its recall depends on the "
+                                 "data, see README)", ("exact", "hnsw"))
+    store_ef_search: int = _f(100, "candidates an hnsw search keeps (pgvector's hnsw.ef_search): higher finds more "
+                              "of the true nearest chunks, slower")
     # embedding
     embedder: str = _f(
         "minilm",

