@@ -16,7 +16,7 @@ from ragtune.ingest.sync import register_sources, sync_bot
 from ragtune.models.embedders import HashEmbedder
 from ragtune.models.generators import EchoGenerator, Generator
 from ragtune.settings import Settings
-from ragtune.store.sqlite import SQLiteStore
+from ragtune.store import open_store
 
 KB = EXAMPLES / "helpcenter" / "v1"
 BATTERY_Q = "How long does a full battery charge take from empty?"
@@ -29,8 +29,7 @@ def make_settings(home: Path, **overrides) -> Settings:
 
 def index(settings: Settings, bots: dict[str, Iterable[str | Path]], bot_settings: dict[str, dict] | None = None):
     """Create the bots and index their sources (hash embedder: fast and deterministic)."""
-    settings.home_path.mkdir(parents=True, exist_ok=True)
-    store = SQLiteStore(settings.home_path / "ragtune.db")
+    store = open_store(settings)  # the SQLite file in home, or Postgres at store_url
     try:
         for name, sources in bots.items():
             bot = store.ensure_bot(name)

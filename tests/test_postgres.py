@@ -76,3 +76,31 @@ def test_hnsw_mode_searches_through_the_index_and_exact_mode_never_does(postgres
             assert ("vectors_hnsw_384" in plan) == (mode == "hnsw"), plan
             got = store.search_dense(bot, vecs[7], 5, "e")
             assert got[0][0] == "c7" and got[0][1] > 0.99
+
+
+def test_two_servers_on_one_database_share_bots_keys_and_conversations(tmp_path, postgres_url):
+    """Stateless API servers behind a load balancer: what one writes, the other reads."""
+    from fastapi.testclient import TestClient
+
+    from ragtune.models.embedders import HashEmbedder
+    from ragtune.models.generators import EchoGenerator
+    from ragtune.server.app import create_app
+    from serverkit import BATTERY_Q, KB, bearer, index, local_client, make_settings
+
+    servers = [make_settings(tmp_path / name, store_url=postgres_url) for name in ("a", "b")]
+    index(servers[0], {"demo": [KB]})
+    apps = [create_app(s, generator=EchoGenerator(), embedder=HashEmbedder()) for s in servers]
+    with local_client(apps[0]) as admin_a, TestClient(apps[1]) as remote_b:
+        key = admin_a.post("/api/bots/demo/keys", json={}).json()["key"]  # made on server a
+        assert remote_b.post("/api/bots/demo/chat", json={"message": BATTERY_Q, "stream": False}).status_code == 401
+        first = remote_b.post("/api/bots/demo/chat", json={"message": BATTERY_Q, "stream": False},
+                              headers=bearer(key)).json()  # answered by server b with server a's key
+        assert not first["abstained"] and first["citations"][0]["source"].endswith("battery-care.md")
+        admin_a.post("/api/bots/demo/chat", json={"message": "And to 80%?", "stream": False,
+                                                   "conversation_id": first["conversation_id"]})
+        remote_b.post(f"/api/bots/demo/messages/{first['message_id']}/feedback", json={"rating": "up"},
+                      headers=bearer(key))
+        conv = admin_a.get(f"/api/bots/demo/conversations/{first['conversation_id']}").json()
+        assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "user", "assistant"]
+        assert conv["messages"][1]["feedback"] == {"rating": 1, "comment": ""}
+    assert not (tmp_path / "a" / "ragtune.db").exists() and not (tmp_path / "b" / "ragtune.db").exists()
