@@ -4,6 +4,7 @@ SQLite, erasure that leaves no byte of the text in the database's table and inde
 a store that cannot be reached. The store's own methods are in the conformance suite (test_store.py)."""
 
 import psycopg
+import pytest
 
 from conftest import run_cli, run_json
 from test_forget import CANARY, files_containing, make_kb
@@ -104,3 +105,26 @@ def test_two_servers_on_one_database_share_bots_keys_and_conversations(tmp_path,
         assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "user", "assistant"]
         assert conv["messages"][1]["feedback"] == {"rating": 1, "comment": ""}
     assert not (tmp_path / "a" / "ragtune.db").exists() and not (tmp_path / "b" / "ragtune.db").exists()
+
+
+def test_a_dropped_connection_is_replaced_and_a_broken_write_saves_nothing(postgres_url):
+    from ragtune.errors import RagtuneError
+    from ragtune.store.postgres import PostgresStore
+
+    def drop(store):  # what a database restart or failover does to the store's connection
+        with psycopg.connect(postgres_url, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (store.db.info.backend_pid,))
+
+    with PostgresStore(postgres_url) as store:
+        bot = store.ensure_bot("b")
+        drop(store)
+        assert store.get_bot("b") == bot  # a read retries once on a fresh connection
+        drop(store)
+        assert store.add_source(bot, "/kb", "folder", {}).uri == "/kb"  # a write starts on a fresh one
+        with pytest.raises(RagtuneError, match="lost the connection to the store .*nothing of this change was saved"):
+            with store._tx():
+                store.db.execute("INSERT INTO sources(bot_id, uri, kind, added_at) VALUES (%s, '/half', 'folder', 0)",
+                                 (bot.id,))
+                drop(store)
+                store.list_sources(bot)  # inside a transaction a read never moves to a fresh connection
+        assert [s.uri for s in store.list_sources(bot)] == ["/kb"]

@@ -201,32 +201,44 @@ class PostgresStore(Store):
         """`vector_index`: "exact" (every vector of the bot compared: always the true nearest chunks) or "hnsw"
         (pgvector's approximate index, with `ef_search` candidates: faster on millions of chunks, at a recall that
         depends on the data — see README)."""
-        psycopg = require("psycopg", "postgres")
-        pgvector_psycopg = require("pgvector.psycopg", "postgres")
-        from psycopg.rows import dict_row
-
+        self._psycopg = require("psycopg", "postgres")
+        self._register_vector = require("pgvector.psycopg", "postgres").register_vector
         self.url = url
-        self._psycopg = psycopg
-        try:
-            self.db = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise RagtuneError(f"cannot connect to the store at {redact_url(url)}: "
-                               f"{str(exc).strip().splitlines()[0]}") from exc
+        self.vector_index, self.ef_search = vector_index, int(ef_search)
         self._lock = threading.RLock()
         self._df_cache: dict[int, tuple[int, dict[str, int]]] = {}
-        self.vector_index = vector_index
         self._indexed_dims: set[int] = set()
+        self._depth = 0  # open transactions (nested ones are savepoints of the outer one)
+        self._connect()
         try:
-            self._migrate()
-            pgvector_psycopg.register_vector(self.db)
-            if vector_index == "hnsw":
-                # filtered HNSW scans keep going until k rows of this bot and embedder are found, in exact order
-                self.db.execute("SET hnsw.iterative_scan = strict_order")
-                self.db.execute(f"SET hnsw.ef_search = {int(ef_search)}")
-        except psycopg.Error as exc:
+            self._migrate()  # creates the vector extension the session setup needs
+            self._session()
+        except self._psycopg.Error as exc:
             self.db.close()
-            raise RagtuneError(f"the store at {redact_url(url)} is not usable: {str(exc).strip().splitlines()[0]}"
-                               ) from exc
+            raise RagtuneError(f"the store at {redact_url(url)} is not usable: {_first_line(exc)}") from exc
+
+    def _connect(self) -> None:
+        from psycopg.rows import dict_row
+
+        try:
+            self.db = self._psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=10)
+        except self._psycopg.Error as exc:
+            raise RagtuneError(f"cannot connect to the store at {redact_url(self.url)}: {_first_line(exc)}") from exc
+
+    def _session(self) -> None:
+        """Per-connection setup: vectors as numpy arrays, and how HNSW searches run."""
+        self._register_vector(self.db)
+        if self.vector_index == "hnsw":
+            # filtered HNSW scans keep going until k rows of this bot and embedder are found, in exact order
+            self.db.execute("SET hnsw.iterative_scan = strict_order")
+            self.db.execute(f"SET hnsw.ef_search = {self.ef_search}")
+
+    def _reopen_if_broken(self) -> None:
+        """A connection the server dropped (restart, failover, idle timeout) is replaced by a fresh one — never
+        inside a transaction, whose work went with the old connection (that one fails as a whole)."""
+        if self.db.broken and not self._depth:
+            self._connect()
+            self._session()
 
     # ------------------------------------------------------------------ plumbing
     def _migrate(self) -> None:
@@ -246,11 +258,19 @@ class PostgresStore(Store):
                                 "DO UPDATE SET value = excluded.value", (str(i + 1),))
 
     def _tx(self):
-        return _Transaction(self.db, self._lock)
+        return _Transaction(self)
 
     def _q(self, sql: str, params: Sequence[Any] = ()):
+        """A read on its own (autocommit): retried once on a fresh connection when the old one broke."""
         with self._lock:
-            return self.db.execute(sql, params)
+            self._reopen_if_broken()
+            try:
+                return self.db.execute(sql, params)
+            except self._psycopg.OperationalError:
+                if not self.db.broken:
+                    raise
+                self._reopen_if_broken()
+                return self.db.execute(sql, params)
 
     def _bump(self, bot_id: int) -> None:
         self.db.execute("UPDATE bots SET generation = generation + 1 WHERE id = %s", (bot_id,))
@@ -682,7 +702,7 @@ class PostgresStore(Store):
 
         target_dir = Path(home)
         target_dir.mkdir(parents=True, exist_ok=True)
-        with self._lock, self.db.transaction():
+        with self._tx():
             self.db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             sources = self.list_sources(bot)
             docs = self._q("SELECT * FROM documents WHERE bot_id = %s ORDER BY id", (bot.id,)).fetchall()
@@ -719,21 +739,48 @@ class PostgresStore(Store):
 
 class _Transaction:
     """One transaction on the store's connection, serialised within this process (nested use joins the outer
-    one); rolled back on any exception."""
+    one); rolled back on any exception. A connection found broken is replaced first; one that breaks midway
+    leaves nothing of the transaction behind and is a one-line error."""
 
-    def __init__(self, db, lock: threading.RLock) -> None:
-        self.db, self.lock = db, lock
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
 
     def __enter__(self) -> None:
-        self.lock.acquire()
-        self._tx = self.db.transaction()
+        self.store._lock.acquire()
+        try:
+            self.store._reopen_if_broken()
+            try:
+                self._begin()
+            except self.store._psycopg.OperationalError:
+                if not self.store.db.broken:
+                    raise
+                self.store._reopen_if_broken()  # found broken at BEGIN: nothing done yet, so once more
+                self._begin()
+            self.store._depth += 1
+        except BaseException:
+            self.store._lock.release()
+            raise
+
+    def _begin(self) -> None:
+        self._tx = self.store.db.transaction()
         self._tx.__enter__()
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self.store._depth -= 1
         try:
-            self._tx.__exit__(exc_type, exc, tb)
+            try:
+                self._tx.__exit__(exc_type, exc, tb)
+            except self.store._psycopg.OperationalError as lost:
+                exc = exc or lost
+            if isinstance(exc, self.store._psycopg.OperationalError) and self.store.db.broken:
+                raise RagtuneError(f"lost the connection to the store at {redact_url(self.store.url)} "
+                                   f"({_first_line(exc)}); nothing of this change was saved, run it again") from exc
         finally:
-            self.lock.release()
+            self.store._lock.release()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _heading(row: dict) -> tuple[str, ...]:
