@@ -26,18 +26,19 @@ def main() -> None:
     ap.add_argument("--beir", default=str(REPO.parent / "shared/datasets/scifact"))
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-docs", type=int, default=0)
-    ap.add_argument("--stores", default="sqlite,postgres", help="which stores, in order (each takes ~15 min on "
+    ap.add_argument("--stores", default="sqlite,postgres", help="which stores, in order (each takes ~10 min on "
                     "SciFact with 2 cores, most of it embedding)")
     args = ap.parse_args()
     settings = Settings.load(overrides={"progress": False, "embed_sentences": False})
     stores = args.stores.split(",")
     if "sqlite" in stores:
-        print(json.dumps(bench_retrieval(args.beir, settings, args.split, args.max_docs)), flush=True)
+        print(json.dumps(bench_retrieval(args.beir, settings, args.split, args.max_docs, raw_embed=False)), flush=True)
     if "postgres" not in stores:
         return
     with tempfile.TemporaryDirectory() as tmp, local_server(Path(tmp) / "pg") as server:
         store = PostgresStore(create_database(server, "bench"))
-        print(json.dumps(bench_retrieval(args.beir, settings, args.split, args.max_docs, store=store)), flush=True)
+        report = bench_retrieval(args.beir, settings, args.split, args.max_docs, store=store, raw_embed=False)
+        print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

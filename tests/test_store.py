@@ -304,3 +304,22 @@ def test_copy_bot_writes_a_standalone_sqlite_home(st, tmp_path):
         assert [c for c, _ in copy.search_dense(cb, q, 3, EMB.identity)] == \
             [c for c, _ in st.search_dense(bot, q, 3, EMB.identity)]
         assert sorted(copy.passage_vectors(cb, EMB.identity, [r[1] for r in rows])) == sorted(r[1] for r in rows)
+
+
+def test_lexical_ranking_is_bm25(st):
+    """Rare words outweigh common ones and a short chunk outranks a long one with the same match, on every store
+    (FTS5's bm25() and the Postgres term index); headings are searched too."""
+    bot = st.ensure_bot("b")
+    src = st.add_source(bot, "/kb", "folder", {})
+    for i in range(4):
+        put(st, bot, src, f"/kb/filler{i}.md", f"A bicycle note number {i}.", title=f"Note {i}")
+    put(st, bot, src, "/kb/rare.md", "The saddle is padded today.", title="One")
+    put(st, bot, src, "/kb/common.md", "The bicycle is padded today.", title="Two")
+    put(st, bot, src, "/kb/long.md", "The saddle is padded. " + "Unrelated words follow here. " * 12, title="Long")
+    put(st, bot, src, "/kb/head.md", "Nothing about seats in this text.", title="Saddle")  # heading only
+    ranked = [h.title for h in st.get_hits(bot, st.search_lexical(bot, "saddle bicycle", 20))]
+    assert ranked.index("One") < ranked.index("Two")  # "saddle" is rarer than "bicycle"
+    assert ranked.index("One") < ranked.index("Long")  # the same match in a shorter chunk
+    assert "Saddle" in ranked
+    scores = [s for _, s in st.search_lexical(bot, "saddle bicycle", 20)]
+    assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)

@@ -51,9 +51,9 @@ def _doc_ranking(hits, file_to_id) -> list[str]:
 
 
 def bench_retrieval(folder: str | Path, settings: Settings, split: str = "test", max_docs: int = 0,
-                    store: Store | None = None) -> dict:
-    """`store`: an empty store to index into (benchmarks/postgres_store.py passes a Postgres one), else a temporary
-    SQLite store; it is closed at the end either way."""
+                    store: Store | None = None, raw_embed: bool = True) -> dict:
+    """`store`: an empty store to index into (benchmarks/store_retrieval.py passes a Postgres one), else a temporary
+    SQLite store; it is closed at the end either way. `raw_embed`: also time the bare embedder on the same texts."""
     corpus, queries, qrels = read_beir(folder, split)
     if max_docs:
         corpus = corpus[:max_docs]
@@ -77,9 +77,11 @@ def bench_retrieval(folder: str | Path, settings: Settings, split: str = "test",
         report = sync_bot(store, settings, bot, embedder=embedder)
         # the bare embedder on exactly the texts the pipeline embedded, in the same run
         texts = [embedding_text(c.title, c.heading, c.text) for c in store.list_chunks(bot)]
-        started = time.perf_counter()
-        embedder.embed(texts, batch_size=settings.embed_batch_size)
-        raw_seconds = time.perf_counter() - started
+        raw_seconds = 0.0
+        if raw_embed:
+            started = time.perf_counter()
+            embedder.embed(texts, batch_size=settings.embed_batch_size)
+            raw_seconds = time.perf_counter() - started
 
         retriever = Retriever(store, settings.replace(candidates=300), embedder)
         results = {}

@@ -1,11 +1,12 @@
-"""The scale-out store: PostgreSQL with pgvector (cosine HNSW) and full-text search, so several API servers can share
-one database. Same interface and conformance tests as the SQLite store; chosen by the `store_url` setting
+"""The scale-out store: PostgreSQL with pgvector and a BM25 term index, so several API servers can share one
+database. Same interface and conformance tests as the SQLite store; chosen by the `store_url` setting
 (postgresql://…). Needs the `postgres` extra (psycopg, pgvector) and the `vector` extension in the database.
 
-Differences from SQLite a user may notice: lexical ranking is Postgres' ts_rank_cd over an English tsvector
-(headings weighted 0.5, text 1.0; document length normalised), not FTS5's BM25, so fused rankings can differ a
-little; erasure rewrites the affected tables (VACUUM FULL), but Postgres keeps the erased text in its write-ahead
-log until those segments are recycled (see `erase`)."""
+Lexical search is BM25 over a term table the store keeps (Postgres' English stemmer and stopwords, headings
+weighted 0.5): rankings follow the SQLite store's FTS5 BM25 closely but not exactly (Snowball vs Porter stems,
+another stopword list). Dense search is exact, or pgvector HNSW when asked. Erasure rewrites the affected tables
+(VACUUM FULL), but Postgres keeps the erased text in its write-ahead log until those segments are recycled (see
+`erase`)."""
 
 from __future__ import annotations
 
@@ -77,13 +78,18 @@ MIGRATIONS = [
         lexical_heading TEXT NOT NULL,
         text TEXT NOT NULL,
         tokens INTEGER NOT NULL,
-        tsv tsvector GENERATED ALWAYS AS (
-            setweight(to_tsvector('english', lexical_heading), 'B') || setweight(to_tsvector('english', text), 'A')
-        ) STORED
+        lexical_length REAL NOT NULL DEFAULT 0
     );
     CREATE INDEX chunks_document ON chunks(document_id);
     CREATE INDEX chunks_bot ON chunks(bot_id);
-    CREATE INDEX chunks_tsv ON chunks USING gin(tsv);
+    CREATE TABLE chunk_terms (
+        chunk_id TEXT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+        bot_id BIGINT NOT NULL,
+        term TEXT NOT NULL,
+        tf REAL NOT NULL,
+        PRIMARY KEY (bot_id, term, chunk_id)
+    );
+    CREATE INDEX chunk_terms_chunk ON chunk_terms(chunk_id);
     CREATE TABLE vectors (
         chunk_id TEXT PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,
         bot_id BIGINT NOT NULL,
@@ -164,8 +170,37 @@ MIGRATIONS = [
 _MIGRATION_LOCK = 0x7261677475  # pg_advisory_xact_lock key: two servers starting at once migrate one at a time
 # Erasure's convention, as in the SQLite store: a table that quotes document text carries one of these columns.
 _DERIVED_COLUMNS = ("document_id", "chunk_id", "chunk_ids", "citations")
-_CORE_TABLES = frozenset({"meta", "bots", "sources", "documents", "chunks", "vectors", "passage_vectors", "audit"})
-_HEADING_WEIGHTS = "{0, 0, 0.5, 1.0}"  # ts_rank_cd weights for D, C, B (headings), A (text)
+_CORE_TABLES = frozenset({"meta", "bots", "sources", "documents", "chunks", "chunk_terms", "vectors",
+                          "passage_vectors", "audit"})
+# The lexical index: each chunk's English stems (Postgres' snowball stemmer and stopwords) with their counts,
+# heading words counting half (as the SQLite store weighs its FTS5 columns), and the chunk's weighted length.
+_INDEX_TERMS = """
+    INSERT INTO chunk_terms(chunk_id, bot_id, term, tf)
+    SELECT c.id, c.bot_id, u.lexeme, sum(CASE WHEN w = 'A' THEN 1.0 ELSE 0.5 END)
+    FROM chunks c,
+         unnest(setweight(to_tsvector('english', c.lexical_heading), 'B') ||
+                setweight(to_tsvector('english', c.text), 'A')) AS u,
+         unnest(u.weights) AS w
+    WHERE c.document_id = %(d)s GROUP BY c.id, c.bot_id, u.lexeme;
+"""
+_INDEX_LENGTHS = """
+    UPDATE chunks c SET lexical_length = coalesce((SELECT sum(t.tf) FROM chunk_terms t WHERE t.chunk_id = c.id), 0)
+    WHERE c.document_id = %(d)s
+"""
+# Okapi BM25 (k1 1.2, b 0.75, idf ln(1 + (N - df + 0.5) / (df + 0.5))) over the bot's chunks, as FTS5 ranks them
+_BM25 = """
+    WITH q AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector('english', %(text)s))) AS term),
+    stats AS (SELECT count(*)::float8 AS n, coalesce(avg(lexical_length), 0)::float8 AS avgdl
+              FROM chunks WHERE bot_id = %(b)s),
+    df AS (SELECT t.term, count(*)::float8 AS df FROM chunk_terms t JOIN q ON q.term = t.term
+           WHERE t.bot_id = %(b)s GROUP BY t.term)
+    SELECT t.chunk_id AS id,
+           sum(ln(1 + (s.n - df.df + 0.5) / (df.df + 0.5)) * t.tf * 2.2
+               / (t.tf + 1.2 * (0.25 + 0.75 * c.lexical_length / greatest(s.avgdl, 1e-9)))) AS s
+    FROM chunk_terms t JOIN df ON df.term = t.term JOIN chunks c ON c.id = t.chunk_id CROSS JOIN stats s
+    WHERE t.bot_id = %(b)s
+    GROUP BY t.chunk_id ORDER BY s DESC, t.chunk_id LIMIT %(k)s
+"""
 
 
 @contextlib.contextmanager
@@ -398,6 +433,8 @@ class PostgresStore(Store):
                     "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
                     [(c.id, bot.id, doc_id, c.ordinal, " > ".join(c.heading), f"{doc.title} {' > '.join(c.heading)}",
                       c.text, c.tokens) for c in chunks])
+                cur.execute(_INDEX_TERMS, {"d": doc_id})
+                cur.execute(_INDEX_LENGTHS, {"d": doc_id})
                 cur.executemany("INSERT INTO vectors(chunk_id, bot_id, embedder, embedding) VALUES (%s,%s,%s,%s)",
                                 [(c.id, bot.id, embedder, v) for c, v in zip(chunks, vecs)])
                 cur.executemany(
@@ -440,7 +477,7 @@ class PostgresStore(Store):
             (bot.id, [int(d) for d in document_ids], [int(s) for s in source_ids])).fetchall()}
         chunk_ids = [r["id"] for r in db.execute("SELECT id FROM chunks WHERE document_id = ANY(%s)",
                                                  (list(docs),)).fetchall()]
-        touched = {"documents", "chunks", "vectors", "passage_vectors", "sources"}
+        touched = {"documents", "chunks", "chunk_terms", "vectors", "passage_vectors", "sources"}
         derived = 0
         for table, column in self._derived_columns():
             if column == "document_id":
@@ -577,10 +614,7 @@ class PostgresStore(Store):
         terms = query_terms(query)
         if not terms:
             return []
-        rows = self._q(
-            "SELECT c.id, ts_rank_cd(%s, c.tsv, q, 1) AS s FROM chunks c, to_tsquery('english', %s) q "
-            "WHERE c.bot_id = %s AND c.tsv @@ q ORDER BY s DESC, c.id LIMIT %s",
-            (_HEADING_WEIGHTS, " | ".join(terms), bot.id, k)).fetchall()
+        rows = self._q(_BM25, {"text": " ".join(terms), "b": bot.id, "k": k}).fetchall()
         return [(r["id"], float(r["s"])) for r in rows]
 
     def term_frequencies(self, bot: Bot, words: Sequence[str]) -> tuple[dict[str, int], int]:
@@ -594,15 +628,15 @@ class PostgresStore(Store):
             counts[""] = self._q("SELECT count(*) AS n FROM chunks WHERE bot_id = %s", (bot.id,)).fetchone()["n"]
         out = {}
         for w in set(words):
-            terms = query_terms(w)
-            if not terms:
+            clean = " ".join(query_terms(w))
+            if not clean:
                 continue
-            clean = " & ".join(terms)
             if clean not in counts:
-                row = self._q("SELECT numnode(q) AS nodes, (SELECT count(*) FROM chunks c WHERE c.bot_id = %s "
-                              "AND c.tsv @@ q) AS n FROM to_tsquery('english', %s) q", (bot.id, clean)).fetchone()
+                row = self._q("SELECT cardinality(s) AS stems, (SELECT count(DISTINCT t.chunk_id) FROM chunk_terms t "
+                              "WHERE t.bot_id = %s AND t.term = ANY(s)) AS n "
+                              "FROM tsvector_to_array(to_tsvector('english', %s)) AS s", (bot.id, clean)).fetchone()
                 # an English stopword is not indexed at all: it is in every chunk as far as rarity goes
-                counts[clean] = int(row["n"]) if row["nodes"] else counts[""]
+                counts[clean] = int(row["n"]) if row["stems"] else counts[""]
             out[w] = counts[clean]
         return out, counts[""]
 
@@ -690,10 +724,11 @@ class PostgresStore(Store):
         return [self._run_row(r, bot) for r in rows]
 
     def index_bytes(self, bot: Bot) -> int:
-        row = self._q("SELECT coalesce(sum(octet_length(c.text) + octet_length(c.heading) + pg_column_size(c.tsv)), 0) "
-                      "AS chunks, coalesce(sum(pg_column_size(v.embedding)), 0) AS vectors FROM chunks c "
-                      "LEFT JOIN vectors v ON v.chunk_id = c.id WHERE c.bot_id = %s", (bot.id,)).fetchone()
-        return int(row["chunks"] + row["vectors"])
+        row = self._q("SELECT coalesce(sum(octet_length(c.text) + octet_length(c.heading)), 0) AS chunks, "
+                      "coalesce(sum(pg_column_size(v.embedding)), 0) AS vectors, (SELECT coalesce(sum(pg_column_size("
+                      "t.*)), 0) FROM chunk_terms t WHERE t.bot_id = %(b)s) AS terms FROM chunks c "
+                      "LEFT JOIN vectors v ON v.chunk_id = c.id WHERE c.bot_id = %(b)s", {"b": bot.id}).fetchone()
+        return int(row["chunks"] + row["vectors"] + row["terms"])
 
     def copy_bot(self, bot: Bot, home: str | Path) -> None:
         """A standalone SQLite store under `home` with this bot's settings, sources, documents, chunks, vectors and
