@@ -3,6 +3,9 @@ database (SQLite now, Postgres/pgvector later), all held to the same conformance
 
 from __future__ import annotations
 
+import json
+import secrets
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +70,52 @@ class ApiKey:
     label: str
     created_at: float
     revoked_at: float | None
+
+
+# Row → record conversions and run bookkeeping shared by the backends (their SQL differs, what they return does not).
+# A row is anything indexable by column name (sqlite3.Row, a psycopg dict row).
+KEY_SELECT = "SELECT k.*, b.name AS bot FROM api_keys k JOIN bots b ON b.id = k.bot_id "
+
+
+def key_record(row) -> ApiKey:
+    return ApiKey(row["id"], row["bot_id"], row["bot"], row["kind"], row["hint"], row["label"], row["created_at"],
+                  row["revoked_at"])
+
+
+def message_record(row) -> dict[str, Any]:
+    """A stored message joined with its feedback (columns rating, comment), as get_conversation returns it."""
+    return {"id": row["id"], "role": row["role"], "content": row["content"],
+            "citations": json.loads(row["citations"]), "meta": json.loads(row["meta"]), "created_at": row["created_at"],
+            "feedback": None if row["rating"] is None else {"rating": row["rating"], "comment": row["comment"]}}
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def run_changes(*, status: str | None, result: dict[str, Any] | None, lineage: dict[str, Any] | None,
+                chunk_ids: Sequence[str] | None, error: str | None) -> dict[str, Any]:
+    """The eval_runs columns an update_run call sets, with their stored values."""
+    sets: dict[str, Any] = {}
+    if lineage is not None:
+        sets["lineage"] = json.dumps(lineage)
+    if status is not None:
+        sets["status"] = status
+        sets["finished_at"] = None if status == "running" else time.time()
+    if result is not None:
+        sets["result"] = json.dumps(result)
+    if chunk_ids is not None:
+        sets["chunk_ids"] = " ".join(sorted(set(chunk_ids)))
+    if error is not None:
+        sets["error"] = error
+    return sets
+
+
+def run_record(row, bot: Bot) -> dict[str, Any]:
+    return {"id": row["id"], "bot": bot.name, "kind": row["kind"], "status": row["status"],
+            "started_at": row["started_at"], "finished_at": row["finished_at"], "pid": row["pid"],
+            "host": row["host"], "lineage": json.loads(row["lineage"]), "config": json.loads(row["config"]),
+            "result": json.loads(row["result"]), "error": row["error"]}
 
 
 class Store(ABC):

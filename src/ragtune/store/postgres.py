@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import NotFoundError, RagtuneError, require
 from ..types import Chunk, Hit, LoadedDocument
-from .base import ApiKey, Bot, DocumentState, Source, Store, StoredChunk
+from .base import (KEY_SELECT, ApiKey, Bot, DocumentState, Source, Store, StoredChunk, key_record, message_record,
+                   new_run_id, run_changes, run_record)
 from .sqlite import query_terms
 
 SCHEMA_VERSION = 1
@@ -520,26 +521,19 @@ class PostgresStore(Store):
         return {k: int(v) for k, v in row.items()}
 
     # ------------------------------------------------------------------ keys
-    _KEY_SELECT = "SELECT k.*, b.name AS bot FROM api_keys k JOIN bots b ON b.id = k.bot_id "
-
-    @staticmethod
-    def _key(row: dict) -> ApiKey:
-        return ApiKey(row["id"], row["bot_id"], row["bot"], row["kind"], row["hint"], row["label"],
-                      row["created_at"], row["revoked_at"])
-
     def add_key(self, bot: Bot, kind: str, digest: str, hint: str, label: str = "") -> ApiKey:
         with self._tx():
             key_id = self.db.execute(
                 "INSERT INTO api_keys(bot_id, kind, digest, hint, label, created_at) VALUES (%s,%s,%s,%s,%s,%s) "
                 "RETURNING id", (bot.id, kind, digest, hint, label, time.time())).fetchone()["id"]
-        return self._key(self._q(self._KEY_SELECT + "WHERE k.id = %s", (key_id,)).fetchone())
+        return key_record(self._q(KEY_SELECT + "WHERE k.id = %s", (key_id,)).fetchone())
 
     def find_key(self, digest: str) -> ApiKey | None:
-        row = self._q(self._KEY_SELECT + "WHERE k.digest = %s AND k.revoked_at IS NULL", (digest,)).fetchone()
-        return self._key(row) if row else None
+        row = self._q(KEY_SELECT + "WHERE k.digest = %s AND k.revoked_at IS NULL", (digest,)).fetchone()
+        return key_record(row) if row else None
 
     def list_keys(self, bot: Bot) -> list[ApiKey]:
-        return [self._key(r) for r in self._q(self._KEY_SELECT + "WHERE k.bot_id = %s ORDER BY k.id",
+        return [key_record(r) for r in self._q(KEY_SELECT + "WHERE k.bot_id = %s ORDER BY k.id",
                                               (bot.id,)).fetchall()]
 
     def revoke_key(self, bot: Bot, key_id: int) -> None:
@@ -590,11 +584,7 @@ class PostgresStore(Store):
             raise NotFoundError(f"no conversation {conversation_id!r} in bot {bot.name!r}")
         rows = self._q("SELECT m.*, f.rating, f.comment FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
                        "WHERE m.conversation_id = %s ORDER BY m.id", (conversation_id,)).fetchall()
-        messages = [{"id": r["id"], "role": r["role"], "content": r["content"],
-                     "citations": json.loads(r["citations"]), "meta": json.loads(r["meta"]),
-                     "created_at": r["created_at"],
-                     "feedback": None if r["rating"] is None else {"rating": r["rating"], "comment": r["comment"]}}
-                    for r in rows]
+        messages = [message_record(r) for r in rows]
         return {**conv, "messages": messages}
 
     def set_feedback(self, bot: Bot, message_id: int, rating: int, comment: str = "") -> None:
@@ -673,7 +663,7 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ evaluation runs
     def create_run(self, bot: Bot, kind: str, config: dict[str, Any], lineage: dict[str, Any]) -> str:
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        run_id = new_run_id()
         with self._tx():
             self.db.execute(
                 "INSERT INTO eval_runs(id, bot_id, kind, status, started_at, pid, host, lineage, config) "
@@ -685,18 +675,7 @@ class PostgresStore(Store):
     def update_run(self, bot: Bot, run_id: str, *, status: str | None = None, result: dict[str, Any] | None = None,
                    lineage: dict[str, Any] | None = None, chunk_ids: Sequence[str] | None = None,
                    error: str | None = None) -> None:
-        sets: dict[str, Any] = {}
-        if lineage is not None:
-            sets["lineage"] = json.dumps(lineage)
-        if status is not None:
-            sets["status"] = status
-            sets["finished_at"] = None if status == "running" else time.time()
-        if result is not None:
-            sets["result"] = json.dumps(result)
-        if chunk_ids is not None:
-            sets["chunk_ids"] = " ".join(sorted(set(chunk_ids)))
-        if error is not None:
-            sets["error"] = error
+        sets = run_changes(status=status, result=result, lineage=lineage, chunk_ids=chunk_ids, error=error)
         if not sets:
             return
         with self._tx():
@@ -705,23 +684,16 @@ class PostgresStore(Store):
         if cur.rowcount == 0:
             raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}")
 
-    @staticmethod
-    def _run_row(row: dict, bot: Bot) -> dict[str, Any]:
-        return {"id": row["id"], "bot": bot.name, "kind": row["kind"], "status": row["status"],
-                "started_at": row["started_at"], "finished_at": row["finished_at"], "pid": row["pid"],
-                "host": row["host"], "lineage": json.loads(row["lineage"]), "config": json.loads(row["config"]),
-                "result": json.loads(row["result"]), "error": row["error"]}
-
     def get_run(self, bot: Bot, run_id: str) -> dict[str, Any]:
         row = self._q("SELECT * FROM eval_runs WHERE id = %s AND bot_id = %s", (run_id, bot.id)).fetchone()
         if row is None:
             raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}; list runs with `ragtune runs --bot {bot.name}`")
-        return self._run_row(row, bot)
+        return run_record(row, bot)
 
     def list_runs(self, bot: Bot, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._q("SELECT * FROM eval_runs WHERE bot_id = %s AND (%s::text IS NULL OR kind = %s) "
                        "ORDER BY started_at DESC, id DESC LIMIT %s", (bot.id, kind, kind, limit)).fetchall()
-        return [self._run_row(r, bot) for r in rows]
+        return [run_record(r, bot) for r in rows]
 
     def index_bytes(self, bot: Bot) -> int:
         row = self._q("SELECT coalesce(sum(octet_length(c.text) + octet_length(c.heading)), 0) AS chunks, "

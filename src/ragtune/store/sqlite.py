@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import NotFoundError, RagtuneError
 from ..types import Chunk, Hit, LoadedDocument
-from .base import ApiKey, Bot, DocumentState, Source, Store, StoredChunk
+from .base import (KEY_SELECT, ApiKey, Bot, DocumentState, Source, Store, StoredChunk, key_record, message_record,
+                   new_run_id, run_changes, run_record)
 
 SCHEMA_VERSION = 4
 
@@ -461,25 +462,19 @@ class SQLiteStore(Store):
         }
 
     # ------------------------------------------------------------------ keys
-    def _key(self, row: sqlite3.Row) -> ApiKey:
-        return ApiKey(row["id"], row["bot_id"], row["bot"], row["kind"], row["hint"], row["label"],
-                      row["created_at"], row["revoked_at"])
-
-    _KEY_SELECT = "SELECT k.*, b.name AS bot FROM api_keys k JOIN bots b ON b.id = k.bot_id "
-
     def add_key(self, bot: Bot, kind: str, digest: str, hint: str, label: str = "") -> ApiKey:
         with self._tx():
             key_id = self.db.execute(
                 "INSERT INTO api_keys(bot_id, kind, digest, hint, label, created_at) VALUES (?,?,?,?,?,?)",
                 (bot.id, kind, digest, hint, label, time.time())).lastrowid
-        return self._key(self.db.execute(self._KEY_SELECT + "WHERE k.id = ?", (key_id,)).fetchone())
+        return key_record(self.db.execute(KEY_SELECT + "WHERE k.id = ?", (key_id,)).fetchone())
 
     def find_key(self, digest: str) -> ApiKey | None:
-        row = self.db.execute(self._KEY_SELECT + "WHERE k.digest = ? AND k.revoked_at IS NULL", (digest,)).fetchone()
-        return self._key(row) if row else None
+        row = self.db.execute(KEY_SELECT + "WHERE k.digest = ? AND k.revoked_at IS NULL", (digest,)).fetchone()
+        return key_record(row) if row else None
 
     def list_keys(self, bot: Bot) -> list[ApiKey]:
-        return [self._key(r) for r in self.db.execute(self._KEY_SELECT + "WHERE k.bot_id = ? ORDER BY k.id", (bot.id,))]
+        return [key_record(r) for r in self.db.execute(KEY_SELECT + "WHERE k.bot_id = ? ORDER BY k.id", (bot.id,))]
 
     def revoke_key(self, bot: Bot, key_id: int) -> None:
         with self._tx():
@@ -530,11 +525,7 @@ class SQLiteStore(Store):
         rows = self.db.execute(
             "SELECT m.*, f.rating, f.comment FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
             "WHERE m.conversation_id = ? ORDER BY m.id", (conversation_id,))
-        messages = [{"id": r["id"], "role": r["role"], "content": r["content"],
-                     "citations": json.loads(r["citations"]), "meta": json.loads(r["meta"]),
-                     "created_at": r["created_at"],
-                     "feedback": None if r["rating"] is None else {"rating": r["rating"], "comment": r["comment"]}}
-                    for r in rows]
+        messages = [message_record(r) for r in rows]
         return {**dict(conv), "messages": messages}
 
     def set_feedback(self, bot: Bot, message_id: int, rating: int, comment: str = "") -> None:
@@ -649,7 +640,7 @@ class SQLiteStore(Store):
 
     # ------------------------------------------------------------------ evaluation runs
     def create_run(self, bot: Bot, kind: str, config: dict[str, Any], lineage: dict[str, Any]) -> str:
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        run_id = new_run_id()
         with self._tx():
             self.db.execute(
                 "INSERT INTO eval_runs(id, bot_id, kind, status, started_at, pid, host, lineage, config) "
@@ -661,47 +652,26 @@ class SQLiteStore(Store):
     def update_run(self, bot: Bot, run_id: str, *, status: str | None = None, result: dict[str, Any] | None = None,
                    lineage: dict[str, Any] | None = None, chunk_ids: Sequence[str] | None = None,
                    error: str | None = None) -> None:
-        sets, values = [], []
-        if lineage is not None:
-            sets.append("lineage = ?")
-            values.append(json.dumps(lineage))
-        if status is not None:
-            sets += ["status = ?", "finished_at = ?"]
-            values += [status, None if status == "running" else time.time()]
-        if result is not None:
-            sets.append("result = ?")
-            values.append(json.dumps(result))
-        if chunk_ids is not None:
-            sets.append("chunk_ids = ?")
-            values.append(" ".join(sorted(set(chunk_ids))))
-        if error is not None:
-            sets.append("error = ?")
-            values.append(error)
+        sets = run_changes(status=status, result=result, lineage=lineage, chunk_ids=chunk_ids, error=error)
         if not sets:
             return
         with self._tx():
-            cur = self.db.execute(f"UPDATE eval_runs SET {', '.join(sets)} WHERE id = ? AND bot_id = ?",
-                                  (*values, run_id, bot.id))
+            cur = self.db.execute(f"UPDATE eval_runs SET {', '.join(f'{c} = ?' for c in sets)} "
+                                  "WHERE id = ? AND bot_id = ?", (*sets.values(), run_id, bot.id))
         if cur.rowcount == 0:
             raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}")
-
-    def _run_row(self, row: sqlite3.Row, bot: Bot) -> dict[str, Any]:
-        return {"id": row["id"], "bot": bot.name, "kind": row["kind"], "status": row["status"],
-                "started_at": row["started_at"], "finished_at": row["finished_at"], "pid": row["pid"],
-                "host": row["host"], "lineage": json.loads(row["lineage"]), "config": json.loads(row["config"]),
-                "result": json.loads(row["result"]), "error": row["error"]}
 
     def get_run(self, bot: Bot, run_id: str) -> dict[str, Any]:
         row = self.db.execute("SELECT * FROM eval_runs WHERE id = ? AND bot_id = ?", (run_id, bot.id)).fetchone()
         if row is None:
             raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}; list runs with `ragtune runs --bot {bot.name}`")
-        return self._run_row(row, bot)
+        return run_record(row, bot)
 
     def list_runs(self, bot: Bot, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT * FROM eval_runs WHERE bot_id = ? AND (? IS NULL OR kind = ?) ORDER BY started_at DESC, id DESC "
             "LIMIT ?", (bot.id, kind, kind, limit))
-        return [self._run_row(r, bot) for r in rows]
+        return [run_record(r, bot) for r in rows]
 
     def index_bytes(self, bot: Bot) -> int:
         text, chunks = self.db.execute("SELECT coalesce(sum(length(CAST(text AS BLOB)) + length(CAST(heading AS "
