@@ -1,5 +1,5 @@
 """The Store interface: bots, sources, documents, chunks, vectors and lexical search, one implementation per
-database (SQLite now, Postgres/pgvector later), all held to the same conformance tests."""
+database (sqlite.py, postgres.py), all held to the same conformance tests (tests/test_store.py)."""
 
 from __future__ import annotations
 
@@ -72,8 +72,56 @@ class ApiKey:
     revoked_at: float | None
 
 
-# Row → record conversions and run bookkeeping shared by the backends (their SQL differs, what they return does not).
+# Row → record conversions and bookkeeping shared by the backends (their SQL differs, what they return does not).
 # A row is anything indexable by column name (sqlite3.Row, a psycopg dict row).
+
+# Erasure's convention for tables that quote document text (chat logs, feedback, eval results, training sets …):
+# give them a `document_id` or `chunk_id` column, or a text column named `chunk_ids` / `citations` that holds the
+# chunk ids it quotes. erase() finds such tables in the database's catalogue and deletes the rows that refer to
+# erased documents or chunks; a table that quotes text without one of these columns would escape erasure.
+DERIVED_COLUMNS = ("document_id", "chunk_id", "chunk_ids", "citations")
+# Tables erase() handles itself (index tables go with their chunks), never scanned as derived ones
+CORE_TABLES = frozenset({"meta", "bots", "sources", "documents", "chunks", "vectors", "passage_vectors", "audit"})
+
+
+def bot_record(row) -> Bot:
+    return Bot(id=row["id"], name=row["name"], settings=json.loads(row["settings"]))
+
+
+def source_record(row) -> Source:
+    return Source(id=row["id"], bot_id=row["bot_id"], uri=row["uri"], kind=row["kind"],
+                  options=json.loads(row["options"]), added_at=row["added_at"], synced_at=row["synced_at"])
+
+
+def document_state(row) -> DocumentState:
+    return DocumentState(row["id"], row["source_id"], row["path"], row["content_hash"], row["embedder"],
+                         json.loads(row["metadata"]))
+
+
+def joined_heading(heading: Sequence[str]) -> str:
+    """A chunk's heading path as stored: joined by " > " (heading_path splits it again)."""
+    return " > ".join(heading)
+
+
+def heading_path(row) -> tuple[str, ...]:
+    """A stored chunk row's heading path."""
+    return tuple(h for h in row["heading"].split(" > ") if h)
+
+
+def lexical_heading(title: str, heading: Sequence[str]) -> str:
+    """What lexical search reads as a chunk's heading: its document's title, then its heading path."""
+    return f"{title} {joined_heading(heading)}"
+
+
+def generation_cache(caches: dict[int, tuple[int, dict]], bot_id: int, generation: int, limit: int = 50_000) -> dict:
+    """A bot's cache of values that change only when its data does: emptied when the bot's generation moved on
+    (or it grew past `limit` entries)."""
+    cache = caches.get(bot_id)
+    if cache is None or cache[0] != generation or len(cache[1]) > limit:
+        cache = caches[bot_id] = (generation, {})
+    return cache[1]
+
+
 KEY_SELECT = "SELECT k.*, b.name AS bot FROM api_keys k JOIN bots b ON b.id = k.bot_id "
 
 

@@ -26,8 +26,9 @@ import numpy as np
 
 from ..errors import NotFoundError, RagtuneError, require
 from ..types import Chunk, Hit, LoadedDocument
-from .base import (KEY_SELECT, ApiKey, Bot, DocumentState, Source, Store, StoredChunk, key_record, message_record,
-                   new_run_id, run_changes, run_record)
+from .base import (CORE_TABLES, DERIVED_COLUMNS, KEY_SELECT, ApiKey, Bot, DocumentState, Source, Store, StoredChunk,
+                   bot_record, document_state, generation_cache, heading_path, joined_heading, key_record,
+                   lexical_heading, message_record, new_run_id, run_changes, run_record, source_record)
 from .sqlite import query_terms
 
 SCHEMA_VERSION = 1
@@ -169,10 +170,7 @@ MIGRATIONS = [
 ]
 
 _MIGRATION_LOCK = 0x7261677475  # pg_advisory_xact_lock key: two servers starting at once migrate one at a time
-# Erasure's convention, as in the SQLite store: a table that quotes document text carries one of these columns.
-_DERIVED_COLUMNS = ("document_id", "chunk_id", "chunk_ids", "citations")
-_CORE_TABLES = frozenset({"meta", "bots", "sources", "documents", "chunks", "chunk_terms", "vectors",
-                          "passage_vectors", "audit"})
+_CORE_TABLES = CORE_TABLES | {"chunk_terms"}  # the lexical index goes with its chunks too
 # The lexical index: each chunk's English stems (Postgres' snowball stemmer and stopwords) with their counts,
 # heading words counting half (as the SQLite store weighs its FTS5 columns), and the chunk's weighted length.
 _INDEX_TERMS = """
@@ -321,10 +319,6 @@ class PostgresStore(Store):
         self._indexed_dims.add(dims)
 
     # ------------------------------------------------------------------ bots
-    @staticmethod
-    def _bot(row: dict) -> Bot:
-        return Bot(id=row["id"], name=row["name"], settings=json.loads(row["settings"]))
-
     def ensure_bot(self, name: str) -> Bot:
         with self._tx():
             self.db.execute("INSERT INTO bots(name, created_at) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
@@ -335,10 +329,10 @@ class PostgresStore(Store):
         row = self._q("SELECT * FROM bots WHERE name = %s", (name,)).fetchone()
         if row is None:
             raise NotFoundError(f"unknown bot {name!r}; create it with `ragtune ingest SOURCE --bot {name}`")
-        return self._bot(row)
+        return bot_record(row)
 
     def list_bots(self) -> list[Bot]:
-        return [self._bot(r) for r in self._q("SELECT * FROM bots ORDER BY name").fetchall()]
+        return [bot_record(r) for r in self._q("SELECT * FROM bots ORDER BY name").fetchall()]
 
     def update_bot_settings(self, bot: Bot, settings: dict[str, Any]) -> Bot:
         merged = {**bot.settings, **settings}
@@ -347,21 +341,16 @@ class PostgresStore(Store):
         return Bot(bot.id, bot.name, merged)
 
     # ------------------------------------------------------------------ sources
-    @staticmethod
-    def _source(row: dict) -> Source:
-        return Source(id=row["id"], bot_id=row["bot_id"], uri=row["uri"], kind=row["kind"],
-                      options=json.loads(row["options"]), added_at=row["added_at"], synced_at=row["synced_at"])
-
     def add_source(self, bot: Bot, uri: str, kind: str, options: dict[str, Any]) -> Source:
         with self._tx():
             row = self.db.execute(
                 "INSERT INTO sources(bot_id, uri, kind, options, added_at) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (bot_id, uri) DO UPDATE SET options = excluded.options, kind = excluded.kind "
                 "RETURNING *", (bot.id, uri, kind, json.dumps(options), time.time())).fetchone()
-        return self._source(row)
+        return source_record(row)
 
     def list_sources(self, bot: Bot) -> list[Source]:
-        return [self._source(r) for r in self._q("SELECT * FROM sources WHERE bot_id = %s ORDER BY id",
+        return [source_record(r) for r in self._q("SELECT * FROM sources WHERE bot_id = %s ORDER BY id",
                                                  (bot.id,)).fetchall()]
 
     def mark_synced(self, source: Source, when: float) -> None:
@@ -387,7 +376,7 @@ class PostgresStore(Store):
                                 "AND left(path, %s) = %s",
                                 (uri.rstrip("/") + "/", len(prefix) + 1, source_id, len(prefix), prefix))
             self._bump(bot.id)
-            return self._source(self.db.execute("SELECT * FROM sources WHERE id = %s", (source_id,)).fetchone())
+            return source_record(self.db.execute("SELECT * FROM sources WHERE id = %s", (source_id,)).fetchone())
 
     def remove_source(self, bot: Bot, source_id: int) -> None:
         with self._tx():
@@ -400,8 +389,7 @@ class PostgresStore(Store):
     def document_states(self, bot: Bot, source: Source) -> dict[str, DocumentState]:
         rows = self._q("SELECT id, source_id, path, content_hash, embedder, metadata FROM documents "
                        "WHERE bot_id = %s AND source_id = %s", (bot.id, source.id)).fetchall()
-        return {r["path"]: DocumentState(r["id"], r["source_id"], r["path"], r["content_hash"], r["embedder"],
-                                         json.loads(r["metadata"])) for r in rows}
+        return {r["path"]: document_state(r) for r in rows}
 
     def replace_document(self, bot, source, doc: LoadedDocument, chunks: Sequence[Chunk], vectors: np.ndarray,
                          embedder: str, passages: Sequence[tuple[str, str, np.ndarray]] = ()) -> int:
@@ -432,7 +420,7 @@ class PostgresStore(Store):
                 cur.executemany(
                     "INSERT INTO chunks(id, bot_id, document_id, ordinal, heading, lexical_heading, text, tokens) "
                     "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-                    [(c.id, bot.id, doc_id, c.ordinal, " > ".join(c.heading), f"{doc.title} {' > '.join(c.heading)}",
+                    [(c.id, bot.id, doc_id, c.ordinal, joined_heading(c.heading), lexical_heading(doc.title, c.heading),
                       c.text, c.tokens) for c in chunks])
                 cur.execute(_INDEX_TERMS, {"d": doc_id})
                 cur.execute(_INDEX_LENGTHS, {"d": doc_id})
@@ -454,8 +442,8 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ erasure
     def erase(self, bot: Bot, document_ids: Sequence[int], source_ids: Sequence[int],
               audit: dict[str, Any]) -> dict[str, int]:
-        """Delete the documents (and sources), every row of a derived table that refers to them (the SQLite store's
-        convention: a `document_id` or `chunk_id` column, or a `chunk_ids` / `citations` text column), record the
+        """Delete the documents (and sources), every row of a derived table that refers to them (the convention in
+        base.DERIVED_COLUMNS), record the
         audit row, then VACUUM FULL the tables rows were deleted from, so their files no longer hold the text.
         Postgres' write-ahead log keeps it until those segments are recycled (a CHECKPOINT is requested when the
         role may); `reclaimed` is 1 once the tables are rewritten."""
@@ -505,14 +493,14 @@ class PostgresStore(Store):
     def _derived_columns(self) -> list[tuple[str, str]]:
         rows = self.db.execute(
             "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND column_name = ANY(%s) ORDER BY table_name, ordinal_position", (list(_DERIVED_COLUMNS),)).fetchall()
+            "AND column_name = ANY(%s) ORDER BY table_name, ordinal_position", (list(DERIVED_COLUMNS),)).fetchall()
         return [(r["table_name"], r["column_name"]) for r in rows if r["table_name"] not in _CORE_TABLES]
 
     def list_chunks(self, bot: Bot) -> list[StoredChunk]:
         rows = self._q("SELECT c.id, c.document_id, c.heading, c.text, d.path, d.title FROM chunks c "
                        "JOIN documents d ON d.id = c.document_id WHERE c.bot_id = %s ORDER BY d.path, c.ordinal",
                        (bot.id,)).fetchall()
-        return [StoredChunk(r["id"], r["document_id"], r["path"], r["title"], _heading(r), r["text"]) for r in rows]
+        return [StoredChunk(r["id"], r["document_id"], r["path"], r["title"], heading_path(r), r["text"]) for r in rows]
 
     def count(self, bot: Bot) -> dict[str, int]:
         row = self._q("SELECT (SELECT count(*) FROM documents WHERE bot_id = %(b)s) AS documents, "
@@ -610,10 +598,7 @@ class PostgresStore(Store):
     def term_frequencies(self, bot: Bot, words: Sequence[str]) -> tuple[dict[str, int], int]:
         # cached per bot generation, as in the SQLite store (every answer asks)
         generation = self._q("SELECT generation FROM bots WHERE id = %s", (bot.id,)).fetchone()["generation"]
-        cache = self._df_cache.get(bot.id)
-        if cache is None or cache[0] != generation or len(cache[1]) > 50_000:
-            cache = self._df_cache[bot.id] = (generation, {})
-        counts = cache[1]
+        counts = generation_cache(self._df_cache, bot.id, generation)
         if "" not in counts:
             counts[""] = self._q("SELECT count(*) AS n FROM chunks WHERE bot_id = %s", (bot.id,)).fetchone()["n"]
         out = {}
@@ -658,7 +643,7 @@ class PostgresStore(Store):
                        "JOIN documents d ON d.id = c.document_id WHERE c.bot_id = %s AND c.id = ANY(%s)",
                        (bot.id, [cid for cid, _ in scored])).fetchall()
         by_id = {r["id"]: r for r in rows}
-        return [Hit(cid, score, r["text"], _heading(r), r["path"], r["title"], r["document_id"])
+        return [Hit(cid, score, r["text"], heading_path(r), r["path"], r["title"], r["document_id"])
                 for cid, score in scored if (r := by_id.get(cid)) is not None]
 
     # ------------------------------------------------------------------ evaluation runs
@@ -733,7 +718,7 @@ class PostgresStore(Store):
                     if own else np.zeros((0, 0), dtype=np.float32)
                 target.replace_document(
                     copy, new_source[d["source_id"]], loaded,
-                    [Chunk(c["id"], c["ordinal"], _heading(c), c["text"], c["tokens"]) for c in own], vectors,
+                    [Chunk(c["id"], c["ordinal"], heading_path(c), c["text"], c["tokens"]) for c in own], vectors,
                     d["embedder"],
                     [(p["chunk_id"], p["key"], np.frombuffer(p["vector"], dtype=np.float32)) for p in passages
                      if p["document_id"] == d["id"] and p["embedder"] == d["embedder"]])
@@ -788,8 +773,3 @@ class _Transaction:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _heading(row: dict) -> tuple[str, ...]:
-    """A chunk's heading path, stored joined by " > "."""
-    return tuple(h for h in row["heading"].split(" > ") if h)

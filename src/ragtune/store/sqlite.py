@@ -18,8 +18,9 @@ import numpy as np
 
 from ..errors import NotFoundError, RagtuneError
 from ..types import Chunk, Hit, LoadedDocument
-from .base import (KEY_SELECT, ApiKey, Bot, DocumentState, Source, Store, StoredChunk, key_record, message_record,
-                   new_run_id, run_changes, run_record)
+from .base import (CORE_TABLES, DERIVED_COLUMNS, KEY_SELECT, ApiKey, Bot, DocumentState, Source, Store, StoredChunk,
+                   bot_record, document_state, generation_cache, heading_path, joined_heading, key_record,
+                   lexical_heading, message_record, new_run_id, run_changes, run_record, source_record)
 
 SCHEMA_VERSION = 4
 
@@ -228,9 +229,6 @@ class SQLiteStore(Store):
         return self.db.execute("PRAGMA integrity_check").fetchone()[0]
 
     # ------------------------------------------------------------------ bots
-    def _bot(self, row: sqlite3.Row) -> Bot:
-        return Bot(id=row["id"], name=row["name"], settings=json.loads(row["settings"]))
-
     def ensure_bot(self, name: str) -> Bot:
         with self._tx():
             self.db.execute("INSERT OR IGNORE INTO bots(name, created_at) VALUES (?, ?)", (name, time.time()))
@@ -240,10 +238,10 @@ class SQLiteStore(Store):
         row = self.db.execute("SELECT * FROM bots WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise NotFoundError(f"unknown bot {name!r}; create it with `ragtune ingest SOURCE --bot {name}`")
-        return self._bot(row)
+        return bot_record(row)
 
     def list_bots(self) -> list[Bot]:
-        return [self._bot(r) for r in self.db.execute("SELECT * FROM bots ORDER BY name")]
+        return [bot_record(r) for r in self.db.execute("SELECT * FROM bots ORDER BY name")]
 
     def update_bot_settings(self, bot: Bot, settings: dict[str, Any]) -> Bot:
         merged = {**bot.settings, **settings}
@@ -252,12 +250,6 @@ class SQLiteStore(Store):
         return Bot(bot.id, bot.name, merged)
 
     # ------------------------------------------------------------------ sources
-    def _source(self, row: sqlite3.Row) -> Source:
-        return Source(
-            id=row["id"], bot_id=row["bot_id"], uri=row["uri"], kind=row["kind"],
-            options=json.loads(row["options"]), added_at=row["added_at"], synced_at=row["synced_at"],
-        )
-
     def add_source(self, bot: Bot, uri: str, kind: str, options: dict[str, Any]) -> Source:
         with self._tx():
             self.db.execute(
@@ -266,11 +258,11 @@ class SQLiteStore(Store):
                 (bot.id, uri, kind, json.dumps(options), time.time()),
             )
         row = self.db.execute("SELECT * FROM sources WHERE bot_id = ? AND uri = ?", (bot.id, uri)).fetchone()
-        return self._source(row)
+        return source_record(row)
 
     def list_sources(self, bot: Bot) -> list[Source]:
         rows = self.db.execute("SELECT * FROM sources WHERE bot_id = ? ORDER BY id", (bot.id,))
-        return [self._source(r) for r in rows]
+        return [source_record(r) for r in rows]
 
     def mark_synced(self, source: Source, when: float) -> None:
         with self._tx():
@@ -293,7 +285,7 @@ class SQLiteStore(Store):
                                 "AND substr(path, 1, ?) = ?",
                                 (uri.rstrip("/") + "/", len(prefix) + 1, source_id, len(prefix), prefix))
             self._bump(bot.id)
-        return self._source(self.db.execute("SELECT * FROM sources WHERE id = ?", (source_id,)).fetchone())
+        return source_record(self.db.execute("SELECT * FROM sources WHERE id = ?", (source_id,)).fetchone())
 
     def remove_source(self, bot: Bot, source_id: int) -> None:
         with self._tx():
@@ -309,8 +301,7 @@ class SQLiteStore(Store):
             "WHERE bot_id = ? AND source_id = ?",
             (bot.id, source.id),
         )
-        return {r["path"]: DocumentState(r["id"], r["source_id"], r["path"], r["content_hash"], r["embedder"],
-                                         json.loads(r["metadata"])) for r in rows}
+        return {r["path"]: document_state(r) for r in rows}
 
     def replace_document(self, bot, source, doc: LoadedDocument, chunks: Sequence[Chunk], vectors: np.ndarray,
                          embedder: str, passages: Sequence[tuple[str, str, np.ndarray]] = ()) -> int:
@@ -338,13 +329,13 @@ class SQLiteStore(Store):
                      embedder, now),
                 ).lastrowid
             for chunk, vec in zip(chunks, blobs):
-                heading = " > ".join(chunk.heading)
+                heading = joined_heading(chunk.heading)
                 rowid = self.db.execute(
                     "INSERT INTO chunks(id, bot_id, document_id, ordinal, heading, text, tokens) VALUES (?,?,?,?,?,?,?)",
                     (chunk.id, bot.id, doc_id, chunk.ordinal, heading, chunk.text, chunk.tokens),
                 ).lastrowid
                 self.db.execute("INSERT INTO chunks_fts(rowid, heading, text) VALUES (?,?,?)",
-                                (rowid, f"{doc.title} {heading}", chunk.text))
+                                (rowid, lexical_heading(doc.title, chunk.heading), chunk.text))
                 self.db.execute("INSERT INTO vectors(chunk_rowid, bot_id, embedder, vector) VALUES (?,?,?,?)",
                                 (rowid, bot.id, embedder, vec.tobytes()))
             self.db.executemany(
@@ -363,7 +354,7 @@ class SQLiteStore(Store):
     def erase(self, bot: Bot, document_ids: Sequence[int], source_ids: Sequence[int],
               audit: dict[str, Any]) -> dict[str, int]:
         """Delete the documents (and sources, with all their documents), every row of a derived table that refers
-        to them (see _DERIVED_COLUMNS), then reclaim the space: FTS5 segments merged, VACUUM, WAL truncated —
+        to them (see base.DERIVED_COLUMNS), then reclaim the space: FTS5 segments merged, VACUUM, WAL truncated —
         with secure_delete on, and temporary tables in memory, so no copy of the text stays in any file."""
         with self._lock:
             self.db.execute("PRAGMA secure_delete=ON")
@@ -414,26 +405,18 @@ class SQLiteStore(Store):
         self._bump(bot.id)
         return counts
 
-    # Convention for tables that quote document text (chat logs, feedback, eval results, training sets …): give
-    # them a `document_id` or `chunk_id` column, or a text column named `chunk_ids` / `citations` that holds the
-    # chunk ids it quotes. erase() finds such tables through sqlite_master and deletes the rows that refer to
-    # erased documents or chunks; a table that quotes text without one of these columns would escape erasure.
-    _DERIVED_COLUMNS = ("document_id", "chunk_id", "chunk_ids", "citations")
-    _CORE_TABLES = frozenset({"meta", "bots", "sources", "documents", "chunks", "vectors", "passage_vectors",
-                              "audit"})  # index tables: deleted with their chunks
-
     def _derived_columns(self) -> list[tuple[str, str]]:
         tables = self.db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall()
         virtual = [r["name"] for r in tables if (r["sql"] or "").upper().startswith("CREATE VIRTUAL TABLE")]
         out = []
         for row in tables:
             name = row["name"]
-            if name in self._CORE_TABLES or name.startswith("sqlite_") or name == "chunks_fts":
+            if name in CORE_TABLES or name.startswith("sqlite_") or name == "chunks_fts":
                 continue
             if any(name.startswith(v + "_") for v in virtual):  # FTS shadow tables follow their virtual table
                 continue
             columns = {c["name"] for c in self.db.execute(f'PRAGMA table_info("{name}")')}
-            out.extend((name, c) for c in self._DERIVED_COLUMNS if c in columns)
+            out.extend((name, c) for c in DERIVED_COLUMNS if c in columns)
         return out
 
     def _reclaim(self) -> dict[str, int]:
@@ -451,7 +434,7 @@ class SQLiteStore(Store):
         rows = self.db.execute(
             "SELECT c.id, c.document_id, c.heading, c.text, d.path, d.title FROM chunks c JOIN documents d "
             "ON d.id = c.document_id WHERE c.bot_id = ? ORDER BY d.path, c.ordinal", (bot.id,)).fetchall()
-        return [StoredChunk(r["id"], r["document_id"], r["path"], r["title"], _heading(r), r["text"]) for r in rows]
+        return [StoredChunk(r["id"], r["document_id"], r["path"], r["title"], heading_path(r), r["text"]) for r in rows]
 
     def count(self, bot: Bot) -> dict[str, int]:
         q = lambda sql: self.db.execute(sql, (bot.id,)).fetchone()[0]  # noqa: E731
@@ -555,10 +538,7 @@ class SQLiteStore(Store):
     def term_frequencies(self, bot: Bot, words: Sequence[str]) -> tuple[dict[str, int], int]:
         # Counts only change when the bot's data does: cached per bot generation (every answer asks for them).
         generation = self.db.execute("SELECT generation FROM bots WHERE id = ?", (bot.id,)).fetchone()[0]
-        cache = self._df_cache.get(bot.id)
-        if cache is None or cache[0] != generation or len(cache[1]) > 50_000:
-            cache = self._df_cache[bot.id] = (generation, {})
-        counts = cache[1]
+        counts = generation_cache(self._df_cache, bot.id, generation)
         out = {}
         for w in set(words):
             clean = w.replace('"', "")
@@ -635,7 +615,7 @@ class SQLiteStore(Store):
             r = by_id.get(cid)
             if r is None:
                 continue
-            hits.append(Hit(cid, score, r["text"], _heading(r), r["path"], r["title"], r["document_id"]))
+            hits.append(Hit(cid, score, r["text"], heading_path(r), r["path"], r["title"], r["document_id"]))
         return hits
 
     # ------------------------------------------------------------------ evaluation runs
@@ -729,11 +709,6 @@ class _Transaction:
                 self.db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self.lock.release()
-
-
-def _heading(row: sqlite3.Row) -> tuple[str, ...]:
-    """A chunk's heading path, stored joined by " > "."""
-    return tuple(h for h in row["heading"].split(" > ") if h)
 
 
 def _split_sql(script: str) -> list[str]:
