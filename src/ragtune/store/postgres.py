@@ -171,6 +171,7 @@ MIGRATIONS = [
 
 _MIGRATION_LOCK = 0x7261677475  # pg_advisory_xact_lock key: two servers starting at once migrate one at a time
 _CORE_TABLES = CORE_TABLES | {"chunk_terms"}  # the lexical index goes with its chunks too
+_SIZE = ("size",)  # the lexical cache's entry for (chunk count, mean length); words are strings
 # The lexical index: each chunk's English stems (Postgres' snowball stemmer and stopwords) with their counts,
 # heading words counting half (as the SQLite store weighs its FTS5 columns), and the chunk's weighted length.
 _INDEX_TERMS = """
@@ -186,17 +187,16 @@ _INDEX_LENGTHS = """
     UPDATE chunks c SET lexical_length = coalesce((SELECT sum(t.tf) FROM chunk_terms t WHERE t.chunk_id = c.id), 0)
     WHERE c.document_id = %(d)s
 """
-# Okapi BM25 (k1 1.2, b 0.75, idf ln(1 + (N - df + 0.5) / (df + 0.5))) over the bot's chunks, as FTS5 ranks them
+# Okapi BM25 (k1 1.2, b 0.75, idf ln(1 + (N - df + 0.5) / (df + 0.5))) over the bot's chunks, as FTS5 ranks them;
+# n (the bot's chunks) and avgdl (their mean weighted length) come from the store's per-generation cache
 _BM25 = """
     WITH q AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector('english', %(text)s))) AS term),
-    stats AS (SELECT count(*)::float8 AS n, coalesce(avg(lexical_length), 0)::float8 AS avgdl
-              FROM chunks WHERE bot_id = %(b)s),
     df AS (SELECT t.term, count(*)::float8 AS df FROM chunk_terms t JOIN q ON q.term = t.term
            WHERE t.bot_id = %(b)s GROUP BY t.term)
     SELECT t.chunk_id AS id,
-           sum(ln(1 + (s.n - df.df + 0.5) / (df.df + 0.5)) * t.tf * 2.2
-               / (t.tf + 1.2 * (0.25 + 0.75 * c.lexical_length / greatest(s.avgdl, 1e-9)))) AS s
-    FROM chunk_terms t JOIN df ON df.term = t.term JOIN chunks c ON c.id = t.chunk_id CROSS JOIN stats s
+           sum(ln(1 + (%(n)s - df.df + 0.5) / (df.df + 0.5)) * t.tf * 2.2
+               / (t.tf + 1.2 * (0.25 + 0.75 * c.lexical_length / greatest(%(avgdl)s, 1e-9)))) AS s
+    FROM chunk_terms t JOIN df ON df.term = t.term JOIN chunks c ON c.id = t.chunk_id
     WHERE t.bot_id = %(b)s
     GROUP BY t.chunk_id ORDER BY s DESC, t.chunk_id LIMIT %(k)s
 """
@@ -592,15 +592,23 @@ class PostgresStore(Store):
         terms = query_terms(query)
         if not terms:
             return []
-        rows = self._q(_BM25, {"text": " ".join(terms), "b": bot.id, "k": k}).fetchall()
+        _, n, avgdl = self._lexical_cache(bot)
+        rows = self._q(_BM25, {"text": " ".join(terms), "b": bot.id, "k": k, "n": float(n), "avgdl": avgdl}).fetchall()
         return [(r["id"], float(r["s"])) for r in rows]
 
-    def term_frequencies(self, bot: Bot, words: Sequence[str]) -> tuple[dict[str, int], int]:
-        # cached per bot generation, as in the SQLite store (every answer asks)
+    def _lexical_cache(self, bot: Bot) -> tuple[dict, int, float]:
+        """The bot's cache of document frequencies, valid while its data is unchanged (every answer asks for
+        them), with its chunk count and mean weighted chunk length: computed once per generation, not per search."""
         generation = self._q("SELECT generation FROM bots WHERE id = %s", (bot.id,)).fetchone()["generation"]
-        counts = generation_cache(self._df_cache, bot.id, generation)
-        if "" not in counts:
-            counts[""] = self._q("SELECT count(*) AS n FROM chunks WHERE bot_id = %s", (bot.id,)).fetchone()["n"]
+        cache = generation_cache(self._df_cache, bot.id, generation)
+        if _SIZE not in cache:
+            row = self._q("SELECT count(*) AS n, coalesce(avg(lexical_length), 0)::float8 AS avgdl FROM chunks "
+                          "WHERE bot_id = %s", (bot.id,)).fetchone()
+            cache[_SIZE] = (int(row["n"]), float(row["avgdl"]))
+        return (cache, *cache[_SIZE])
+
+    def term_frequencies(self, bot: Bot, words: Sequence[str]) -> tuple[dict[str, int], int]:
+        counts, total, _ = self._lexical_cache(bot)
         out = {}
         for w in set(words):
             clean = " ".join(query_terms(w))
@@ -611,9 +619,9 @@ class PostgresStore(Store):
                               "WHERE t.bot_id = %s AND t.term = ANY(s)) AS n "
                               "FROM tsvector_to_array(to_tsvector('english', %s)) AS s", (bot.id, clean)).fetchone()
                 # an English stopword is not indexed at all: it is in every chunk as far as rarity goes
-                counts[clean] = int(row["n"]) if row["stems"] else counts[""]
+                counts[clean] = int(row["n"]) if row["stems"] else total
             out[w] = counts[clean]
-        return out, counts[""]
+        return out, total
 
     def dense_sql(self, dims: int) -> str:
         """The nearest-chunks query for vectors of `dims` (parameters q, b, e, k). hnsw: the cast to a fixed width
