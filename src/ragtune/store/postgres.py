@@ -710,6 +710,11 @@ class PostgresStore(Store):
                              "WHERE c.bot_id = %s ORDER BY c.document_id, c.ordinal", (bot.id,)).fetchall()
             passages = self._q("SELECT p.key, p.chunk_id, p.embedder, p.vector, c.document_id FROM passage_vectors p "
                                "JOIN chunks c ON c.id = p.chunk_id WHERE p.bot_id = %s", (bot.id,)).fetchall()
+        by_document: dict[int, tuple[list, list]] = {d["id"]: ([], []) for d in docs}  # its chunks, its passages
+        for c in chunks:
+            by_document[c["document_id"]][0].append(c)
+        for p in passages:
+            by_document[p["document_id"]][1].append(p)
         target = SQLiteStore(target_dir / "ragtune.db")
         try:
             copy = target.update_bot_settings(target.ensure_bot(bot.name), bot.settings)
@@ -719,7 +724,7 @@ class PostgresStore(Store):
                 if s.synced_at is not None:
                     target.mark_synced(new_source[s.id], s.synced_at)
             for d in docs:
-                own = [c for c in chunks if c["document_id"] == d["id"]]
+                own, own_passages = by_document[d["id"]]
                 loaded = LoadedDocument(d["path"], d["title"], (), d["content_hash"], d["mtime"],
                                         json.loads(d["metadata"]))
                 vectors = np.array([c["embedding"].to_numpy() for c in own], dtype=np.float32) \
@@ -728,8 +733,8 @@ class PostgresStore(Store):
                     copy, new_source[d["source_id"]], loaded,
                     [Chunk(c["id"], c["ordinal"], heading_path(c), c["text"], c["tokens"]) for c in own], vectors,
                     d["embedder"],
-                    [(p["chunk_id"], p["key"], np.frombuffer(p["vector"], dtype=np.float32)) for p in passages
-                     if p["document_id"] == d["id"] and p["embedder"] == d["embedder"]])
+                    [(p["chunk_id"], p["key"], np.frombuffer(p["vector"], dtype=np.float32)) for p in own_passages
+                     if p["embedder"] == d["embedder"]])
         finally:
             target.close()
 
