@@ -450,3 +450,30 @@ def test_answer_sentences_stops_the_model_once_enough_is_said(kb, settings):
     every = rag(kb, settings.replace(answer_sentences=0), ScriptedGenerator(text), answer_mode="auto").answer(q)
     assert "4.5 hours" in two.answer and "20% and 80%" in two.answer and "40°C" not in two.answer
     assert "40°C" in every.answer
+
+
+def test_a_passage_that_only_restates_the_question_is_not_the_answer(tmp_path, real_kb):
+    """A cross-reference echoes the question's words (high similarity) but tells nothing: the passage that adds
+    something is quoted instead."""
+    from ragtune.store.sqlite import SQLiteStore
+
+    _, _, settings, embedder = real_kb
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "basic-usage.md").write_text("# Basic usage\n\n## Activating the virtual environment\n\n"
+                                         "See Activating the virtual environment.\n")
+    (docs / "managing-environments.md").write_text(
+        "# Managing environments\n\n## Activating the environment\n\nThe poetry env activate command prints the "
+        "command that activates the virtual environment in your current shell.\n")
+    s = settings.replace(home=str(tmp_path / "home"))
+    store = SQLiteStore(tmp_path / "rt.db")
+    bot = store.ensure_bot("b")
+    register_sources(store, bot, [str(docs)], s)
+    sync_bot(store, s, bot, embedder=embedder)
+    q = "How do I activate my project's virtual environment from the terminal?"
+    a = RagStrategy(store, bot, s.replace(min_support=0.0), embedder, EchoGenerator(), answer_mode="extract").answer(q)
+    assert "poetry env activate" in a.answer and a.citations[0].source.endswith("managing-environments.md")
+    plain = RagStrategy(store, bot, s.replace(min_support=0.0, echo_penalty=0.0), embedder, EchoGenerator(),
+                        answer_mode="extract").answer(q)
+    assert plain.citations[0].source.endswith("basic-usage.md")  # what the penalty changes
+    store.close()

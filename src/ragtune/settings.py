@@ -130,6 +130,10 @@ class Settings:
     evidence_window: int = _f(3, "most consecutive sentences quoted as one evidence passage")
     evidence_seeds: int = _f(4, "windows of more than one sentence are scored only around this many best "
                              "sentences")
+    echo_penalty: float = _f(0.1, "evidence score taken off a passage that adds fewer than echo_new_terms content "
+                             "words to the question's own (\"See Activating the virtual environment.\" echoes the "
+                             "question and tells nothing)")
+    echo_new_terms: int = _f(2, "content words a passage must add to the question's to escape echo_penalty")
     evidence_semantic_weight: float = _f(0.7, "weight of embedding similarity (vs rare-term overlap) in evidence scores")
     min_support_when_model_declines: float = _f(
         0.75, "when the model says it doesn't know, quote evidence only if it covers this much of the question")

@@ -194,7 +194,10 @@ class RagStrategy(Strategy):
     def _score(self, question: str, qvec, idf: dict[str, float],
                units: list[tuple[str, str, int, int, int]]) -> list[Passage]:
         """Passages for (heading path, text, hit, start, size) units: a blend of embedding similarity (lexical
-        coverage when there is no embedder) and rare-term coverage, plus the answer-type bonus; best first."""
+        coverage when there is no embedder) and rare-term coverage, plus the answer-type bonus, less the echo
+        penalty (a passage adding almost no words to the question's: on the dev splits it took a cross-reference
+        "See Activating the virtual environment." and a help-centre sentence that restated the question out of
+        first place, one question more right on each set); best first."""
         if not units:
             return []
         lexical = [g.coverage(question, f"{u[0]} {u[1]}", idf) for u in units]
@@ -203,9 +206,15 @@ class RagStrategy(Strategy):
             cosines = [float(c) for c in passages.vectors(self.store, self.bot, self.embedder, texts) @ qvec]
         else:
             cosines = lexical
-        a, bonus = self.settings.evidence_semantic_weight, self.settings.answer_type_bonus
-        return sorted((Passage(a * c + (1 - a) * lx + (bonus if g.answer_type_match(question, text) else 0.0),
-                               text, i, j, w, c)
+        s = self.settings
+        a, bonus = s.evidence_semantic_weight, s.answer_type_bonus
+        asked = set(g.content_terms(question))
+
+        def echo(text: str) -> float:  # a passage restating the question answers nothing
+            return s.echo_penalty if len(set(g.content_terms(text)) - asked) < s.echo_new_terms else 0.0
+
+        return sorted((Passage(a * c + (1 - a) * lx + (bonus if g.answer_type_match(question, text) else 0.0)
+                               - echo(text), text, i, j, w, c)
                        for (_, text, i, j, w), c, lx in zip(units, cosines, lexical)), key=lambda x: -x.score)
 
     def _widen(self, retrieval) -> list[Hit]:
