@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import secrets
-import socket
 import threading
 import time
 import warnings
@@ -24,11 +21,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import NotFoundError, RagtuneError, require
+from ..errors import RagtuneError, require
 from ..types import Chunk, Hit, LoadedDocument
-from .base import (CORE_TABLES, DERIVED_COLUMNS, KEY_SELECT, ApiKey, Bot, DocumentState, Source, Store, StoredChunk,
-                   bot_record, document_state, generation_cache, heading_path, joined_heading, key_record,
-                   lexical_heading, message_record, new_run_id, run_changes, run_record, source_record)
+from .base import CORE_TABLES, DERIVED_COLUMNS, Bot, generation_cache, heading_path, joined_heading, lexical_heading
+from .sql import SqlStore
 from .sqlite import query_terms
 
 SCHEMA_VERSION = 1
@@ -230,7 +226,9 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-class PostgresStore(Store):
+class PostgresStore(SqlStore):
+    _lock_rows = " FOR UPDATE"
+
     def __init__(self, url: str, vector_index: str = "exact", ef_search: int = 100) -> None:
         """`vector_index`: "exact" (every vector of the bot compared: always the true nearest chunks) or "hnsw"
         (pgvector's approximate index, with `ef_search` candidates: faster on millions of chunks, at a recall that
@@ -294,6 +292,12 @@ class PostgresStore(Store):
     def _tx(self):
         return _Transaction(self)
 
+    def _run(self, sql: str, params: Sequence[Any] = ()):
+        return self._q(sql.replace("?", "%s"), params)
+
+    def _insert(self, sql: str, params: Sequence[Any]) -> int:
+        return self._run(sql + " RETURNING id", params).fetchone()["id"]
+
     def _q(self, sql: str, params: Sequence[Any] = ()):
         """A read on its own (autocommit): retried once on a fresh connection when the old one broke."""
         with self._lock:
@@ -306,9 +310,6 @@ class PostgresStore(Store):
                 self._reopen_if_broken()
                 return self.db.execute(sql, params)
 
-    def _bump(self, bot_id: int) -> None:
-        self.db.execute("UPDATE bots SET generation = generation + 1 WHERE id = %s", (bot_id,))
-
     def _ensure_vector_index(self, dims: int) -> None:
         """One HNSW index per vector width (pgvector indexes fixed-width columns only): a partial index over the
         rows of that width, cast to it, which search_dense's ORDER BY uses."""
@@ -318,79 +319,7 @@ class PostgresStore(Store):
                         f"((embedding::vector({dims})) vector_cosine_ops) WHERE vector_dims(embedding) = {dims}")
         self._indexed_dims.add(dims)
 
-    # ------------------------------------------------------------------ bots
-    def ensure_bot(self, name: str) -> Bot:
-        with self._tx():
-            self.db.execute("INSERT INTO bots(name, created_at) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
-                            (name, time.time()))
-        return self.get_bot(name)
-
-    def get_bot(self, name: str) -> Bot:
-        row = self._q("SELECT * FROM bots WHERE name = %s", (name,)).fetchone()
-        if row is None:
-            raise NotFoundError(f"unknown bot {name!r}; create it with `ragtune ingest SOURCE --bot {name}`")
-        return bot_record(row)
-
-    def list_bots(self) -> list[Bot]:
-        return [bot_record(r) for r in self._q("SELECT * FROM bots ORDER BY name").fetchall()]
-
-    def update_bot_settings(self, bot: Bot, settings: dict[str, Any]) -> Bot:
-        merged = {**bot.settings, **settings}
-        with self._tx():
-            self.db.execute("UPDATE bots SET settings = %s WHERE id = %s", (json.dumps(merged), bot.id))
-        return Bot(bot.id, bot.name, merged)
-
-    # ------------------------------------------------------------------ sources
-    def add_source(self, bot: Bot, uri: str, kind: str, options: dict[str, Any]) -> Source:
-        with self._tx():
-            row = self.db.execute(
-                "INSERT INTO sources(bot_id, uri, kind, options, added_at) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (bot_id, uri) DO UPDATE SET options = excluded.options, kind = excluded.kind "
-                "RETURNING *", (bot.id, uri, kind, json.dumps(options), time.time())).fetchone()
-        return source_record(row)
-
-    def list_sources(self, bot: Bot) -> list[Source]:
-        return [source_record(r) for r in self._q("SELECT * FROM sources WHERE bot_id = %s ORDER BY id",
-                                                 (bot.id,)).fetchall()]
-
-    def mark_synced(self, source: Source, when: float) -> None:
-        with self._tx():
-            self.db.execute("UPDATE sources SET synced_at = %s WHERE id = %s", (when, source.id))
-
-    def move_source(self, bot: Bot, source_id: int, uri: str) -> Source:
-        with self._tx():
-            row = self.db.execute("SELECT * FROM sources WHERE id = %s AND bot_id = %s FOR UPDATE",
-                                  (source_id, bot.id)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no source {source_id} in bot {bot.name!r}")
-            old = row["uri"]
-            if row["kind"] == "url":
-                raise RagtuneError("a website source cannot be moved; add the new site as a source")
-            self.db.execute("UPDATE sources SET uri = %s WHERE id = %s", (uri, source_id))
-            if row["kind"] == "file":
-                self.db.execute("UPDATE documents SET path = %s WHERE source_id = %s AND path = %s",
-                                (uri, source_id, old))
-            else:
-                prefix = old.rstrip("/") + "/"
-                self.db.execute("UPDATE documents SET path = %s || substr(path, %s) WHERE source_id = %s "
-                                "AND left(path, %s) = %s",
-                                (uri.rstrip("/") + "/", len(prefix) + 1, source_id, len(prefix), prefix))
-            self._bump(bot.id)
-            return source_record(self.db.execute("SELECT * FROM sources WHERE id = %s", (source_id,)).fetchone())
-
-    def remove_source(self, bot: Bot, source_id: int) -> None:
-        with self._tx():
-            cur = self.db.execute("DELETE FROM sources WHERE id = %s AND bot_id = %s", (source_id, bot.id))
-            if cur.rowcount == 0:
-                raise NotFoundError(f"no source {source_id} in bot {bot.name!r}")
-            self._bump(bot.id)
-
     # ------------------------------------------------------------------ documents
-    def document_states(self, bot: Bot, source: Source) -> dict[str, DocumentState]:
-        rows = self._q("SELECT id, source_id, path, content_hash, embedder, metadata FROM documents "
-                       "WHERE bot_id = %s AND source_id = %s", (bot.id, source.id)).fetchall()
-        return {r["path"]: document_state(r) for r in rows}
-
     def replace_document(self, bot, source, doc: LoadedDocument, chunks: Sequence[Chunk], vectors: np.ndarray,
                          embedder: str, passages: Sequence[tuple[str, str, np.ndarray]] = ()) -> int:
         if len(chunks) != len(vectors):
@@ -433,11 +362,6 @@ class PostgresStore(Store):
                      for cid, key, v in passages])
             self._bump(bot.id)
         return doc_id
-
-    def delete_document(self, bot: Bot, document_id: int) -> None:
-        with self._tx():
-            self.db.execute("DELETE FROM documents WHERE id = %s AND bot_id = %s", (document_id, bot.id))
-            self._bump(bot.id)
 
     # ------------------------------------------------------------------ erasure
     def erase(self, bot: Bot, document_ids: Sequence[int], source_ids: Sequence[int],
@@ -496,96 +420,11 @@ class PostgresStore(Store):
             "AND column_name = ANY(%s) ORDER BY table_name, ordinal_position", (list(DERIVED_COLUMNS),)).fetchall()
         return [(r["table_name"], r["column_name"]) for r in rows if r["table_name"] not in _CORE_TABLES]
 
-    def list_chunks(self, bot: Bot) -> list[StoredChunk]:
-        rows = self._q("SELECT c.id, c.document_id, c.heading, c.text, d.path, d.title FROM chunks c "
-                       "JOIN documents d ON d.id = c.document_id WHERE c.bot_id = %s ORDER BY d.path, c.ordinal",
-                       (bot.id,)).fetchall()
-        return [StoredChunk(r["id"], r["document_id"], r["path"], r["title"], heading_path(r), r["text"]) for r in rows]
-
     def count(self, bot: Bot) -> dict[str, int]:
         row = self._q("SELECT (SELECT count(*) FROM documents WHERE bot_id = %(b)s) AS documents, "
                       "(SELECT count(*) FROM chunks WHERE bot_id = %(b)s) AS chunks, "
                       "(SELECT count(*) FROM vectors WHERE bot_id = %(b)s) AS vectors", {"b": bot.id}).fetchone()
         return {k: int(v) for k, v in row.items()}
-
-    # ------------------------------------------------------------------ keys
-    def add_key(self, bot: Bot, kind: str, digest: str, hint: str, label: str = "") -> ApiKey:
-        with self._tx():
-            key_id = self.db.execute(
-                "INSERT INTO api_keys(bot_id, kind, digest, hint, label, created_at) VALUES (%s,%s,%s,%s,%s,%s) "
-                "RETURNING id", (bot.id, kind, digest, hint, label, time.time())).fetchone()["id"]
-        return key_record(self._q(KEY_SELECT + "WHERE k.id = %s", (key_id,)).fetchone())
-
-    def find_key(self, digest: str) -> ApiKey | None:
-        row = self._q(KEY_SELECT + "WHERE k.digest = %s AND k.revoked_at IS NULL", (digest,)).fetchone()
-        return key_record(row) if row else None
-
-    def list_keys(self, bot: Bot) -> list[ApiKey]:
-        return [key_record(r) for r in self._q(KEY_SELECT + "WHERE k.bot_id = %s ORDER BY k.id",
-                                              (bot.id,)).fetchall()]
-
-    def revoke_key(self, bot: Bot, key_id: int) -> None:
-        with self._tx():
-            cur = self.db.execute("UPDATE api_keys SET revoked_at = %s WHERE id = %s AND bot_id = %s "
-                                  "AND revoked_at IS NULL", (time.time(), key_id, bot.id))
-        if cur.rowcount == 0:
-            raise NotFoundError(f"no key {key_id} in bot {bot.name!r}")
-
-    # ------------------------------------------------------------------ conversations
-    def add_messages(self, bot: Bot, conversation_id: str | None, messages: Sequence[dict[str, Any]],
-                     channel: str = "api") -> tuple[str, list[int]]:
-        now = time.time()
-        ids = []
-        with self._tx():
-            if conversation_id is None:
-                conversation_id = secrets.token_urlsafe(16)
-                self.db.execute("INSERT INTO conversations(id, bot_id, channel, created_at, updated_at) "
-                                "VALUES (%s,%s,%s,%s,%s)", (conversation_id, bot.id, channel, now, now))
-            else:
-                cur = self.db.execute("UPDATE conversations SET updated_at = %s WHERE id = %s AND bot_id = %s",
-                                      (now, conversation_id, bot.id))
-                if cur.rowcount == 0:
-                    raise NotFoundError(f"no conversation {conversation_id!r} in bot {bot.name!r}")
-            for m in messages:
-                ids.append(self.db.execute(
-                    "INSERT INTO messages(conversation_id, role, content, citations, meta, created_at) "
-                    "VALUES (%s,%s,%s,%s,%s,%s) RETURNING id",
-                    (conversation_id, m["role"], m["content"], json.dumps(m.get("citations") or []),
-                     json.dumps(m.get("meta") or {}), now)).fetchone()["id"])
-        return conversation_id, ids
-
-    def list_conversations(self, bot: Bot, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        rows = self._q(
-            "SELECT c.id, c.channel, c.created_at, c.updated_at, count(m.id) AS messages, "
-            "(SELECT content FROM messages WHERE conversation_id = c.id AND role = 'user' ORDER BY id LIMIT 1) "
-            "AS first_question, count(*) FILTER (WHERE f.rating > 0) AS thumbs_up, "
-            "count(*) FILTER (WHERE f.rating < 0) AS thumbs_down "
-            "FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id "
-            "LEFT JOIN feedback f ON f.message_id = m.id WHERE c.bot_id = %s "
-            "GROUP BY c.id ORDER BY c.updated_at DESC, c.id LIMIT %s OFFSET %s", (bot.id, limit, offset)).fetchall()
-        return [{**r, "first_question": r["first_question"] or ""} for r in rows]
-
-    def get_conversation(self, bot: Bot, conversation_id: str) -> dict[str, Any]:
-        conv = self._q("SELECT id, channel, created_at, updated_at FROM conversations WHERE id = %s AND bot_id = %s",
-                       (conversation_id, bot.id)).fetchone()
-        if conv is None:
-            raise NotFoundError(f"no conversation {conversation_id!r} in bot {bot.name!r}")
-        rows = self._q("SELECT m.*, f.rating, f.comment FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
-                       "WHERE m.conversation_id = %s ORDER BY m.id", (conversation_id,)).fetchall()
-        messages = [message_record(r) for r in rows]
-        return {**conv, "messages": messages}
-
-    def set_feedback(self, bot: Bot, message_id: int, rating: int, comment: str = "") -> None:
-        with self._tx():
-            row = self.db.execute(
-                "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-                "WHERE m.id = %s AND c.bot_id = %s AND m.role = 'assistant'", (message_id, bot.id)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no answer {message_id} in bot {bot.name!r}")
-            self.db.execute("INSERT INTO feedback(message_id, rating, comment, created_at) VALUES (%s,%s,%s,%s) "
-                            "ON CONFLICT (message_id) DO UPDATE SET rating = excluded.rating, "
-                            "comment = excluded.comment, created_at = excluded.created_at",
-                            (message_id, rating, comment, time.time()))
 
     # ------------------------------------------------------------------ search
     def search_lexical(self, bot: Bot, query: str, k: int) -> list[tuple[str, float]]:
@@ -654,40 +493,7 @@ class PostgresStore(Store):
         return [Hit(cid, score, r["text"], heading_path(r), r["path"], r["title"], r["document_id"])
                 for cid, score in scored if (r := by_id.get(cid)) is not None]
 
-    # ------------------------------------------------------------------ evaluation runs
-    def create_run(self, bot: Bot, kind: str, config: dict[str, Any], lineage: dict[str, Any]) -> str:
-        run_id = new_run_id()
-        with self._tx():
-            self.db.execute(
-                "INSERT INTO eval_runs(id, bot_id, kind, status, started_at, pid, host, lineage, config) "
-                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                (run_id, bot.id, kind, "running", time.time(), os.getpid(), socket.gethostname(),
-                 json.dumps(lineage), json.dumps(config)))
-        return run_id
-
-    def update_run(self, bot: Bot, run_id: str, *, status: str | None = None, result: dict[str, Any] | None = None,
-                   lineage: dict[str, Any] | None = None, chunk_ids: Sequence[str] | None = None,
-                   error: str | None = None) -> None:
-        sets = run_changes(status=status, result=result, lineage=lineage, chunk_ids=chunk_ids, error=error)
-        if not sets:
-            return
-        with self._tx():
-            cur = self.db.execute(f"UPDATE eval_runs SET {', '.join(f'{c} = %s' for c in sets)} "
-                                  "WHERE id = %s AND bot_id = %s", (*sets.values(), run_id, bot.id))
-        if cur.rowcount == 0:
-            raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}")
-
-    def get_run(self, bot: Bot, run_id: str) -> dict[str, Any]:
-        row = self._q("SELECT * FROM eval_runs WHERE id = %s AND bot_id = %s", (run_id, bot.id)).fetchone()
-        if row is None:
-            raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}; list runs with `ragtune runs --bot {bot.name}`")
-        return run_record(row, bot)
-
-    def list_runs(self, bot: Bot, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self._q("SELECT * FROM eval_runs WHERE bot_id = %s AND (%s::text IS NULL OR kind = %s) "
-                       "ORDER BY started_at DESC, id DESC LIMIT %s", (bot.id, kind, kind, limit)).fetchall()
-        return [run_record(r, bot) for r in rows]
-
+    # ------------------------------------------------------------------ size and copies
     def index_bytes(self, bot: Bot) -> int:
         row = self._q("SELECT coalesce(sum(octet_length(c.text) + octet_length(c.heading)), 0) AS chunks, "
                       "coalesce(sum(pg_column_size(v.embedding)), 0) AS vectors, (SELECT coalesce(sum(pg_column_size("

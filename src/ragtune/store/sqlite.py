@@ -4,10 +4,7 @@ exact in-memory vector search over a per-bot matrix that is rebuilt only when th
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-import socket
 import sqlite3
 import threading
 import time
@@ -16,11 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import NotFoundError, RagtuneError
+from ..errors import RagtuneError
 from ..types import Chunk, Hit, LoadedDocument
-from .base import (CORE_TABLES, DERIVED_COLUMNS, KEY_SELECT, ApiKey, Bot, DocumentState, Source, Store, StoredChunk,
-                   bot_record, document_state, generation_cache, heading_path, joined_heading, key_record,
-                   lexical_heading, message_record, new_run_id, run_changes, run_record, source_record)
+from .base import CORE_TABLES, DERIVED_COLUMNS, Bot, generation_cache, heading_path, joined_heading, lexical_heading
+from .sql import SqlStore
 
 SCHEMA_VERSION = 4
 
@@ -187,7 +183,7 @@ def fts_query(text: str) -> str:
     return " OR ".join(f'"{w}"' for w in query_terms(text))
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SqlStore):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
@@ -222,87 +218,16 @@ class SQLiteStore(Store):
     def _tx(self):
         return _Transaction(self.db, self._lock)
 
-    def _bump(self, bot_id: int) -> None:
-        self.db.execute("UPDATE bots SET generation = generation + 1 WHERE id = ?", (bot_id,))
+    def _run(self, sql: str, params: Sequence[Any] = ()):
+        return self.db.execute(sql, params)
+
+    def _insert(self, sql: str, params: Sequence[Any]) -> int:
+        return self.db.execute(sql, params).lastrowid
 
     def integrity_check(self) -> str:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0]
 
-    # ------------------------------------------------------------------ bots
-    def ensure_bot(self, name: str) -> Bot:
-        with self._tx():
-            self.db.execute("INSERT OR IGNORE INTO bots(name, created_at) VALUES (?, ?)", (name, time.time()))
-        return self.get_bot(name)
-
-    def get_bot(self, name: str) -> Bot:
-        row = self.db.execute("SELECT * FROM bots WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise NotFoundError(f"unknown bot {name!r}; create it with `ragtune ingest SOURCE --bot {name}`")
-        return bot_record(row)
-
-    def list_bots(self) -> list[Bot]:
-        return [bot_record(r) for r in self.db.execute("SELECT * FROM bots ORDER BY name")]
-
-    def update_bot_settings(self, bot: Bot, settings: dict[str, Any]) -> Bot:
-        merged = {**bot.settings, **settings}
-        with self._tx():
-            self.db.execute("UPDATE bots SET settings = ? WHERE id = ?", (json.dumps(merged), bot.id))
-        return Bot(bot.id, bot.name, merged)
-
-    # ------------------------------------------------------------------ sources
-    def add_source(self, bot: Bot, uri: str, kind: str, options: dict[str, Any]) -> Source:
-        with self._tx():
-            self.db.execute(
-                "INSERT INTO sources(bot_id, uri, kind, options, added_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(bot_id, uri) DO UPDATE SET options = excluded.options, kind = excluded.kind",
-                (bot.id, uri, kind, json.dumps(options), time.time()),
-            )
-        row = self.db.execute("SELECT * FROM sources WHERE bot_id = ? AND uri = ?", (bot.id, uri)).fetchone()
-        return source_record(row)
-
-    def list_sources(self, bot: Bot) -> list[Source]:
-        rows = self.db.execute("SELECT * FROM sources WHERE bot_id = ? ORDER BY id", (bot.id,))
-        return [source_record(r) for r in rows]
-
-    def mark_synced(self, source: Source, when: float) -> None:
-        with self._tx():
-            self.db.execute("UPDATE sources SET synced_at = ? WHERE id = ?", (when, source.id))
-
-    def move_source(self, bot: Bot, source_id: int, uri: str) -> Source:
-        with self._tx():
-            row = self.db.execute("SELECT * FROM sources WHERE id = ? AND bot_id = ?", (source_id, bot.id)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no source {source_id} in bot {bot.name!r}")
-            old = row["uri"]
-            if row["kind"] == "url":
-                raise RagtuneError("a website source cannot be moved; add the new site as a source")
-            self.db.execute("UPDATE sources SET uri = ? WHERE id = ?", (uri, source_id))
-            if row["kind"] == "file":
-                self.db.execute("UPDATE documents SET path = ? WHERE source_id = ? AND path = ?", (uri, source_id, old))
-            else:
-                prefix = old.rstrip("/") + "/"
-                self.db.execute("UPDATE documents SET path = ? || substr(path, ?) WHERE source_id = ? "
-                                "AND substr(path, 1, ?) = ?",
-                                (uri.rstrip("/") + "/", len(prefix) + 1, source_id, len(prefix), prefix))
-            self._bump(bot.id)
-        return source_record(self.db.execute("SELECT * FROM sources WHERE id = ?", (source_id,)).fetchone())
-
-    def remove_source(self, bot: Bot, source_id: int) -> None:
-        with self._tx():
-            cur = self.db.execute("DELETE FROM sources WHERE id = ? AND bot_id = ?", (source_id, bot.id))
-            if cur.rowcount == 0:
-                raise NotFoundError(f"no source {source_id} in bot {bot.name!r}")
-            self._bump(bot.id)
-
     # ------------------------------------------------------------------ documents
-    def document_states(self, bot: Bot, source: Source) -> dict[str, DocumentState]:
-        rows = self.db.execute(
-            "SELECT id, source_id, path, content_hash, embedder, metadata FROM documents "
-            "WHERE bot_id = ? AND source_id = ?",
-            (bot.id, source.id),
-        )
-        return {r["path"]: document_state(r) for r in rows}
-
     def replace_document(self, bot, source, doc: LoadedDocument, chunks: Sequence[Chunk], vectors: np.ndarray,
                          embedder: str, passages: Sequence[tuple[str, str, np.ndarray]] = ()) -> int:
         if len(chunks) != len(vectors):
@@ -344,11 +269,6 @@ class SQLiteStore(Store):
                  for cid, key, v in passages])
             self._bump(bot.id)
         return doc_id
-
-    def delete_document(self, bot: Bot, document_id: int) -> None:
-        with self._tx():
-            self.db.execute("DELETE FROM documents WHERE id = ? AND bot_id = ?", (document_id, bot.id))
-            self._bump(bot.id)
 
     # ------------------------------------------------------------------ erasure
     def erase(self, bot: Bot, document_ids: Sequence[int], source_ids: Sequence[int],
@@ -430,12 +350,6 @@ class SQLiteStore(Store):
         busy, wal_pages, _ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return {"checkpoint_busy": busy, "wal_pages": wal_pages}
 
-    def list_chunks(self, bot: Bot) -> list[StoredChunk]:
-        rows = self.db.execute(
-            "SELECT c.id, c.document_id, c.heading, c.text, d.path, d.title FROM chunks c JOIN documents d "
-            "ON d.id = c.document_id WHERE c.bot_id = ? ORDER BY d.path, c.ordinal", (bot.id,)).fetchall()
-        return [StoredChunk(r["id"], r["document_id"], r["path"], r["title"], heading_path(r), r["text"]) for r in rows]
-
     def count(self, bot: Bot) -> dict[str, int]:
         q = lambda sql: self.db.execute(sql, (bot.id,)).fetchone()[0]  # noqa: E731
         return {
@@ -443,85 +357,6 @@ class SQLiteStore(Store):
             "chunks": q("SELECT count(*) FROM chunks WHERE bot_id = ?"),
             "vectors": q("SELECT count(*) FROM vectors WHERE bot_id = ?"),
         }
-
-    # ------------------------------------------------------------------ keys
-    def add_key(self, bot: Bot, kind: str, digest: str, hint: str, label: str = "") -> ApiKey:
-        with self._tx():
-            key_id = self.db.execute(
-                "INSERT INTO api_keys(bot_id, kind, digest, hint, label, created_at) VALUES (?,?,?,?,?,?)",
-                (bot.id, kind, digest, hint, label, time.time())).lastrowid
-        return key_record(self.db.execute(KEY_SELECT + "WHERE k.id = ?", (key_id,)).fetchone())
-
-    def find_key(self, digest: str) -> ApiKey | None:
-        row = self.db.execute(KEY_SELECT + "WHERE k.digest = ? AND k.revoked_at IS NULL", (digest,)).fetchone()
-        return key_record(row) if row else None
-
-    def list_keys(self, bot: Bot) -> list[ApiKey]:
-        return [key_record(r) for r in self.db.execute(KEY_SELECT + "WHERE k.bot_id = ? ORDER BY k.id", (bot.id,))]
-
-    def revoke_key(self, bot: Bot, key_id: int) -> None:
-        with self._tx():
-            cur = self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND bot_id = ? AND revoked_at IS NULL",
-                                  (time.time(), key_id, bot.id))
-        if cur.rowcount == 0:
-            raise NotFoundError(f"no key {key_id} in bot {bot.name!r}")
-
-    # ------------------------------------------------------------------ conversations
-    def add_messages(self, bot: Bot, conversation_id: str | None, messages: Sequence[dict[str, Any]],
-                     channel: str = "api") -> tuple[str, list[int]]:
-        now = time.time()
-        ids = []
-        with self._tx():
-            if conversation_id is None:
-                conversation_id = secrets.token_urlsafe(16)
-                self.db.execute("INSERT INTO conversations(id, bot_id, channel, created_at, updated_at) "
-                                "VALUES (?,?,?,?,?)", (conversation_id, bot.id, channel, now, now))
-            else:
-                cur = self.db.execute("UPDATE conversations SET updated_at = ? WHERE id = ? AND bot_id = ?",
-                                      (now, conversation_id, bot.id))
-                if cur.rowcount == 0:
-                    raise NotFoundError(f"no conversation {conversation_id!r} in bot {bot.name!r}")
-            for m in messages:
-                ids.append(self.db.execute(
-                    "INSERT INTO messages(conversation_id, role, content, citations, meta, created_at) "
-                    "VALUES (?,?,?,?,?,?)",
-                    (conversation_id, m["role"], m["content"], json.dumps(m.get("citations") or []),
-                     json.dumps(m.get("meta") or {}), now)).lastrowid)
-        return conversation_id, ids
-
-    def list_conversations(self, bot: Bot, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT c.id, c.channel, c.created_at, c.updated_at, count(m.id) AS messages, "
-            "(SELECT content FROM messages WHERE conversation_id = c.id AND role = 'user' ORDER BY id LIMIT 1) "
-            "AS first_question, sum(f.rating > 0) AS thumbs_up, sum(f.rating < 0) AS thumbs_down "
-            "FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id "
-            "LEFT JOIN feedback f ON f.message_id = m.id WHERE c.bot_id = ? "
-            "GROUP BY c.id ORDER BY c.updated_at DESC, c.id LIMIT ? OFFSET ?", (bot.id, limit, offset))
-        return [{**dict(r), "thumbs_up": r["thumbs_up"] or 0, "thumbs_down": r["thumbs_down"] or 0,
-                 "first_question": r["first_question"] or ""} for r in rows]
-
-    def get_conversation(self, bot: Bot, conversation_id: str) -> dict[str, Any]:
-        conv = self.db.execute("SELECT id, channel, created_at, updated_at FROM conversations WHERE id = ? "
-                               "AND bot_id = ?", (conversation_id, bot.id)).fetchone()
-        if conv is None:
-            raise NotFoundError(f"no conversation {conversation_id!r} in bot {bot.name!r}")
-        rows = self.db.execute(
-            "SELECT m.*, f.rating, f.comment FROM messages m LEFT JOIN feedback f ON f.message_id = m.id "
-            "WHERE m.conversation_id = ? ORDER BY m.id", (conversation_id,))
-        messages = [message_record(r) for r in rows]
-        return {**dict(conv), "messages": messages}
-
-    def set_feedback(self, bot: Bot, message_id: int, rating: int, comment: str = "") -> None:
-        with self._tx():
-            row = self.db.execute(
-                "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-                "WHERE m.id = ? AND c.bot_id = ? AND m.role = 'assistant'", (message_id, bot.id)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no answer {message_id} in bot {bot.name!r}")
-            self.db.execute("INSERT INTO feedback(message_id, rating, comment, created_at) VALUES (?,?,?,?) "
-                            "ON CONFLICT(message_id) DO UPDATE SET rating = excluded.rating, "
-                            "comment = excluded.comment, created_at = excluded.created_at",
-                            (message_id, rating, comment, time.time()))
 
     # ------------------------------------------------------------------ search
     def search_lexical(self, bot: Bot, query: str, k: int) -> list[tuple[str, float]]:
@@ -618,41 +453,7 @@ class SQLiteStore(Store):
             hits.append(Hit(cid, score, r["text"], heading_path(r), r["path"], r["title"], r["document_id"]))
         return hits
 
-    # ------------------------------------------------------------------ evaluation runs
-    def create_run(self, bot: Bot, kind: str, config: dict[str, Any], lineage: dict[str, Any]) -> str:
-        run_id = new_run_id()
-        with self._tx():
-            self.db.execute(
-                "INSERT INTO eval_runs(id, bot_id, kind, status, started_at, pid, host, lineage, config) "
-                "VALUES (?,?,?,?,?,?,?,?,?)",
-                (run_id, bot.id, kind, "running", time.time(), os.getpid(), socket.gethostname(),
-                 json.dumps(lineage), json.dumps(config)))
-        return run_id
-
-    def update_run(self, bot: Bot, run_id: str, *, status: str | None = None, result: dict[str, Any] | None = None,
-                   lineage: dict[str, Any] | None = None, chunk_ids: Sequence[str] | None = None,
-                   error: str | None = None) -> None:
-        sets = run_changes(status=status, result=result, lineage=lineage, chunk_ids=chunk_ids, error=error)
-        if not sets:
-            return
-        with self._tx():
-            cur = self.db.execute(f"UPDATE eval_runs SET {', '.join(f'{c} = ?' for c in sets)} "
-                                  "WHERE id = ? AND bot_id = ?", (*sets.values(), run_id, bot.id))
-        if cur.rowcount == 0:
-            raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}")
-
-    def get_run(self, bot: Bot, run_id: str) -> dict[str, Any]:
-        row = self.db.execute("SELECT * FROM eval_runs WHERE id = ? AND bot_id = ?", (run_id, bot.id)).fetchone()
-        if row is None:
-            raise NotFoundError(f"no run {run_id!r} in bot {bot.name!r}; list runs with `ragtune runs --bot {bot.name}`")
-        return run_record(row, bot)
-
-    def list_runs(self, bot: Bot, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT * FROM eval_runs WHERE bot_id = ? AND (? IS NULL OR kind = ?) ORDER BY started_at DESC, id DESC "
-            "LIMIT ?", (bot.id, kind, kind, limit))
-        return [run_record(r, bot) for r in rows]
-
+    # ------------------------------------------------------------------ size and copies
     def index_bytes(self, bot: Bot) -> int:
         text, chunks = self.db.execute("SELECT coalesce(sum(length(CAST(text AS BLOB)) + length(CAST(heading AS "
                                        "BLOB))), 0), count(*) FROM chunks WHERE bot_id = ?", (bot.id,)).fetchone()
