@@ -1,5 +1,6 @@
 """The Store interface: bots, sources, documents, chunks, vectors and lexical search, one implementation per
-database (sqlite.py, postgres.py), all held to the same conformance tests (tests/test_store.py)."""
+database (sqlite.py, postgres.py) over the SQL they share (sql.py), all held to the same conformance tests
+(tests/test_store.py); and the row records and conventions every backend uses."""
 
 from __future__ import annotations
 
