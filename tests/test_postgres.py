@@ -129,3 +129,58 @@ def test_a_dropped_connection_is_replaced_and_a_broken_write_saves_nothing(postg
                 drop(store)
                 store.list_sources(bot)  # inside a transaction a read never moves to a fresh connection
         assert [s.uri for s in store.list_sources(bot)] == ["/kb"]
+
+
+def test_workers_on_several_connections_claim_each_queued_job_exactly_once(postgres_url):
+    """FOR UPDATE SKIP LOCKED: workers claiming at the same moment never get the same job, and none is left."""
+    import threading
+
+    from ragtune.store.postgres import PostgresStore
+
+    with PostgresStore(postgres_url) as store:
+        bots = [store.ensure_bot(f"b{i}") for i in range(3)]
+        queued = {store.add_job(bots[i % 3])["id"] for i in range(30)}
+    claimed: dict[str, list[str]] = {}
+    start = threading.Barrier(4)
+
+    def work(name: str) -> None:
+        with PostgresStore(postgres_url) as mine:
+            start.wait()
+            while (job := mine.claim_job(name, stale_after=60)) is not None:
+                claimed.setdefault(job["id"], []).append(name)
+                mine.finish_job(job["id"], name, report={})
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(claimed) == queued and all(len(by) == 1 for by in claimed.values())
+    with PostgresStore(postgres_url) as store:
+        assert store.list_jobs(states=("queued", "running")) == []
+
+
+def test_a_job_queued_on_one_server_is_run_by_a_worker_process_and_seen_on_another(tmp_path, postgres_url):
+    """Servers without their own sync worker (sync_worker = false) queue jobs; a `ragtune worker` elsewhere runs
+    them; every server shows the progress and report."""
+    from ragtune.models.embedders import HashEmbedder
+    from ragtune.models.generators import EchoGenerator
+    from ragtune.server.app import create_app
+    from serverkit import local_client, make_settings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"faq{i}.md").write_text(f"# Store {i}\n\nStore {i} opens at {8 + i} am.\n")
+    servers = [make_settings(tmp_path / name, store_url=postgres_url, sync_worker=False) for name in ("a", "b")]
+    apps = [create_app(s, generator=EchoGenerator(), embedder=HashEmbedder()) for s in servers]
+    with local_client(apps[0]) as a, local_client(apps[1]) as b:
+        assert a.post("/api/bots", json={"name": "shop"}).status_code == 201
+        job = a.post("/api/bots/shop/sources", json={"uri": str(docs)}).json()["job"]
+        assert job["state"] == "queued"
+        ran = run_json(tmp_path / "w", "worker", "--once", RAGTUNE_STORE_URL=postgres_url, RAGTUNE_EMBEDDER="hash")
+        assert [j["id"] for j in ran] == [job["id"]] and ran[0]["state"] == "done"
+        done = b.get(f"/api/bots/shop/jobs/{job['id']}").json()  # the other server
+        assert done["state"] == "done" and done["processed"] == 3 and done["report"]["added"] == 3
+        assert done["worker"] == ran[0]["worker"] and done["attempts"] == 1
+        assert b.get("/api/bots/shop").json()["documents"] == 3

@@ -175,6 +175,26 @@ def test_search_and_bots(client):
 
 
 # ----------------------------------------------------------------------------------------------- sources, jobs
+def test_the_servers_worker_runs_jobs_another_process_queued(home, tmp_path):
+    """A job queued by `ragtune sync --queue` (another connection to the store) is found by the server's idle
+    sync worker within job_poll_seconds."""
+    from ragtune.store.sqlite import SQLiteStore
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "hours.md").write_text("# Hours\n\nThe kiosk opens at 7 am.\n")
+    with local_client(app_for(home, job_poll_seconds=0.05)) as c:
+        source = c.post("/api/bots/demo/sources", json={"uri": str(docs), "sync": False}).json()["source"]
+        other = SQLiteStore(home / "ragtune.db")
+        job = other.add_job(other.get_bot("demo"), [source["id"]])
+        other.close()
+        deadline = time.time() + 20
+        while (seen := c.get(f"/api/bots/demo/jobs/{job['id']}").json())["state"] in ("queued", "running") \
+                and time.time() < deadline:
+            time.sleep(0.05)
+        assert seen["state"] == "done" and seen["report"]["added"] == 1
+
+
 def test_sources_add_sync_progress_resync_remove(client, tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()

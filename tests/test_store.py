@@ -323,3 +323,42 @@ def test_lexical_ranking_is_bm25(st):
     assert "Saddle" in ranked
     scores = [s for _, s in st.search_lexical(bot, "saddle bicycle", 20)]
     assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
+
+
+def test_sync_jobs_are_claimed_once_in_order_and_stay_with_their_bot(st):
+    a, b = st.ensure_bot("a"), st.ensure_bot("b")
+    first = st.add_job(a, [1, 2])
+    second = st.add_job(b)
+    assert first["state"] == "queued" and first["source_ids"] == [1, 2] and second["source_ids"] is None
+    with pytest.raises(NotFoundError):
+        st.get_job(b, first["id"])  # another bot's job reads like a missing one
+    claimed = st.claim_job("w1", stale_after=60)
+    assert claimed["id"] == first["id"] and claimed["state"] == "running" and claimed["attempts"] == 1
+    assert st.claim_job("w2", stale_after=60)["id"] == second["id"]
+    assert st.claim_job("w3", stale_after=60) is None
+    assert st.job_progress(first["id"], "w1", 3, "faq.md")
+    assert not st.job_progress(first["id"], "w2", 9, "x")  # only the worker holding it
+    assert st.get_job(a, first["id"])["current"] == "faq.md"
+    st.finish_job(first["id"], "w1", report={"added": 3})
+    st.finish_job(second["id"], "w2", error="source unreachable")
+    done, failed = st.get_job(a, first["id"]), st.get_job(b, second["id"])
+    assert (done["state"], done["report"], done["current"]) == ("done", {"added": 3}, "")
+    assert (failed["state"], failed["error"]) == ("failed", "source unreachable")
+    assert [j["id"] for j in st.list_jobs(a)] == [first["id"]]
+    assert st.list_jobs(states=("queued", "running")) == []
+
+
+def test_a_job_whose_worker_stopped_is_claimed_again_then_fails(st):
+    from ragtune.store.base import JOB_ATTEMPTS
+
+    bot = st.ensure_bot("a")
+    job = st.add_job(bot)
+    assert st.claim_job("w1", stale_after=60)["attempts"] == 1
+    assert st.claim_job("w2", stale_after=60) is None  # held, with a fresh heartbeat: not taken
+    for attempt in range(2, JOB_ATTEMPTS + 1):
+        again = st.claim_job(f"w{attempt}", stale_after=-1)  # every heartbeat counts as stale
+        assert again["id"] == job["id"] and again["attempts"] == attempt and again["worker"] == f"w{attempt}"
+    assert not st.job_progress(job["id"], "w1", 1, "")  # the first worker lost it
+    assert st.claim_job("w9", stale_after=-1) is None
+    failed = st.get_job(bot, job["id"])
+    assert failed["state"] == "failed" and "stopped" in failed["error"]

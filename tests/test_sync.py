@@ -243,3 +243,28 @@ def test_kill_9_mid_ingest_leaves_a_consistent_store(tmp_path):
     store.close()
     r = run_json(home, "sync")
     assert r["added"] == 3000 - n_docs and r["unchanged"] == n_docs
+
+
+def test_queued_sync_jobs_run_by_a_worker_process(tmp_path):
+    """`ragtune sync --queue` leaves the work to a worker; `ragtune jobs` shows how it went; a job that cannot
+    finish (the embeddings endpoint is down) fails visibly, with the reason, and the worker exits non-zero."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Hours\n\nWe open at 9 am.\n")
+    home = tmp_path / "home"
+    run_cli(home, "ingest", str(docs), "--bot", "kb", RAGTUNE_EMBEDDER="hash")
+    (docs / "b.md").write_text("# Refunds\n\nRefunds take 14 days.\n")
+    queued = run_json(home, "sync", "--queue", "--bot", "kb", RAGTUNE_EMBEDDER="hash")
+    assert queued["state"] == "queued" and run_json(home, "jobs", "--bot", "kb")[0]["id"] == queued["id"]
+    ran = run_json(home, "worker", "--once", RAGTUNE_EMBEDDER="hash")
+    assert [(j["id"], j["state"], j["report"]["added"], j["report"]["unchanged"]) for j in ran] == \
+        [(queued["id"], "done", 1, 1)]
+    assert run_json(home, "worker", "--once", RAGTUNE_EMBEDDER="hash") == []  # nothing left
+    (docs / "c.md").write_text("# Phone\n\nCall us on 555 0100.\n")
+    run_cli(home, "sync", "--queue", "--bot", "kb", RAGTUNE_EMBEDDER="hash")
+    down = run_cli(home, "worker", "--once", "--json", check=False, RAGTUNE_EMBEDDER="openai",
+                   RAGTUNE_EMBEDDER_URL="http://127.0.0.1:9/v1", RAGTUNE_EMBEDDER_MODEL="m")
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    failed = run_json(home, "jobs", "--bot", "kb")[0]
+    assert failed["state"] == "failed" and "127.0.0.1:9" in failed["error"]
+    assert run_json(home, "search", "Refunds", "--bot", "kb", RAGTUNE_EMBEDDER="hash")  # the index is intact

@@ -94,8 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "hash of SOURCE and counts.")
     p.add_argument("source", metavar="SOURCE", help="source URI, file path, page URL or folder")
 
-    sub.add_parser("sync", parents=[common], help="re-sync every source of a bot",
-                   description="Re-sync the bot's sources: only changed documents are re-embedded.")
+    p = sub.add_parser("sync", parents=[common], help="re-sync every source of a bot",
+                       description="Re-sync the bot's sources: only changed documents are re-embedded.")
+    p.add_argument("--queue", action="store_true", help="queue a sync job instead (a `ragtune worker` or `ragtune "
+                   "serve` sharing the store runs it) and print the job")
+    sub.add_parser("jobs", parents=[common], help="a bot's sync jobs, newest first, with their progress",
+                   description="Sync jobs queued by `ragtune sync --queue` or through the API, as every process "
+                   "sharing the store sees them: state (queued, running, done, failed), documents processed, the "
+                   "worker that ran them and their report.")
+    p = sub.add_parser("worker", parents=[common], help="run queued sync jobs of every bot (for a shared store)",
+                       description="Claim sync jobs from the store (queued by `ragtune sync --queue`, the API or "
+                       "the admin page) and run them, one at a time; several workers on several machines share "
+                       "one Postgres store's jobs, none runs a job another holds. A job whose worker stopped is "
+                       "taken over after job_stale_seconds. Runs until interrupted, or with --once until no job "
+                       "is waiting.")
+    p.add_argument("--once", action="store_true", help="run the waiting jobs, then exit")
 
     p = sub.add_parser("search", parents=[common], help="search a bot's knowledge base (hybrid BM25 + dense)")
     p.add_argument("query")
@@ -163,8 +176,49 @@ def cmd_sync(args, settings: Settings) -> int:
 
     with open_store(settings) as store:
         bot = store.get_bot(settings.bot)
+        if args.queue:
+            job = store.add_job(bot)
+            emit(args, job, f"queued sync job {job['id']} for bot {bot.name!r}; `ragtune jobs --bot {bot.name}` "
+                 "shows its progress once a worker runs it")
+            return 0
         report = sync_bot(store, settings, bot)
     emit(args, report.to_json(), lambda: _report_text(report))
+    return 0
+
+
+def _job_line(job: dict) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created_at"]))
+    failed = len((job["report"] or {}).get("failed", []))
+    detail = job["error"] or (f"{job['processed']} documents" + (f", now {job['current']}" if job["current"] else "")
+                              + (f", {failed} could not be read (see --json)" if failed else ""))
+    return f"{job['id']}  {when}  {job['state']:<7}  {detail}"
+
+
+@command("jobs")
+def cmd_jobs(args, settings: Settings) -> int:
+    from .store import open_store
+
+    with open_store(settings) as store:
+        jobs = store.list_jobs(store.get_bot(settings.bot))
+    emit(args, jobs, lambda: "\n".join(_job_line(j) for j in jobs) or "no sync jobs")
+    return 0
+
+
+@command("worker")
+def cmd_worker(args, settings: Settings) -> int:
+    from .ingest.worker import SyncWorker
+
+    if args.once:
+        jobs = SyncWorker(settings).run_pending()
+        emit(args, jobs, lambda: "\n".join(f"{j['bot']}  {_job_line(j)}" for j in jobs) or "no sync job was waiting")
+        return 1 if any(j["state"] == "failed" for j in jobs) else 0
+    worker = SyncWorker(settings, on_job=lambda j: print(json.dumps(j) if args.json else f"{j['bot']}  {_job_line(j)}",
+                                                          flush=True))
+    print(f"sync worker {worker.name} waiting for jobs (Ctrl-C stops it)", file=sys.stderr)
+    try:
+        worker.serve()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

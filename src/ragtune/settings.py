@@ -33,6 +33,11 @@ class Settings:
                                  "data, see README)", ("exact", "hnsw"))
     store_ef_search: int = _f(100, "candidates an hnsw search keeps (pgvector's hnsw.ef_search): higher finds more "
                               "of the true nearest chunks, slower")
+    sync_worker: bool = _f(True, "`ragtune serve` runs sync jobs itself; turn off where dedicated `ragtune worker` "
+                           "processes take the jobs of a shared store")
+    job_poll_seconds: float = _f(1.0, "how often an idle sync worker looks for jobs queued by other processes")
+    job_stale_seconds: float = _f(600.0, "a running sync job whose worker sent no heartbeat (one per document) for "
+                                  "this long is taken over by another worker")
     # embedding
     embedder: str = _f(
         "minilm",

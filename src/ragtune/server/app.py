@@ -47,7 +47,7 @@ class Services:
         self._generators: dict[str, Generator] = {}
         self._generators_lock = threading.Lock()
         self.chat_pool = ThreadPoolExecutor(max_workers=CHAT_WORKERS, thread_name_prefix="ragtune-chat")
-        self.jobs = SyncJobs(settings, embedder)
+        self.jobs = SyncJobs(settings, store, embedder)
 
     # bots ------------------------------------------------------------------------------------------------
     def bot(self, principal: Principal, name: str) -> Bot:

@@ -161,7 +161,7 @@ def add_source(bot: str, body: SourceAdd, s=Depends(services), who=Depends(princ
                                   allow_private=body.allow_private)
     source = register_sources(s.store, b, [body.uri], settings)[0]
     job = s.jobs.submit(b, [source.id]) if body.sync else None
-    return {"source": source_json(source), "job": job.to_json() if job else None}
+    return {"source": source_json(source), "job": job}
 
 
 @router.delete("/bots/{bot}/sources/{source_id}", tags=["sources"], summary="remove a source with its documents")
@@ -176,12 +176,12 @@ def resync_source(bot: str, source_id: int, s=Depends(services), who=Depends(pri
     b = s.bot(who, bot)
     if not any(x.id == source_id for x in s.store.list_sources(b)):
         raise NotFoundError(f"no source {source_id} in bot {b.name!r}")
-    return s.jobs.submit(b, [source_id]).to_json()
+    return s.jobs.submit(b, [source_id])
 
 
 @router.post("/bots/{bot}/sync", tags=["sources"], status_code=202, summary="re-sync every source (a job)")
 def sync_all(bot: str, s=Depends(services), who=Depends(principal)):
-    return s.jobs.submit(s.bot(who, bot)).to_json()
+    return s.jobs.submit(s.bot(who, bot))
 
 
 # ------------------------------------------------------------------------------------------------ uploads
@@ -216,7 +216,7 @@ def upload(bot: str, files: list[UploadFile] = File(...), s=Depends(services), w
         source = register_sources(s.store, b, [str(folder)], s.settings.replace(include="", exclude=""))[0]
         source = s.store.add_source(b, source.uri, source.kind, {**source.options, "uploads": True})
     job = s.jobs.submit(b, [source.id])
-    return {"files": saved, "source": source_json(source), "job": job.to_json()}
+    return {"files": saved, "source": source_json(source), "job": job}
 
 
 @router.delete("/bots/{bot}/uploads/{name}", tags=["sources"], summary="delete an uploaded file and sync")
@@ -227,18 +227,18 @@ def delete_upload(bot: str, name: str, s=Depends(services), who=Depends(principa
     if source is None or not target.is_file():
         raise NotFoundError(f"no uploaded file {name!r} in bot {b.name!r}")
     target.unlink()
-    return s.jobs.submit(b, [source.id]).to_json()
+    return s.jobs.submit(b, [source.id])
 
 
 # ------------------------------------------------------------------------------------------------ jobs
 @router.get("/bots/{bot}/jobs", tags=["sources"], summary="sync jobs, newest first")
 def list_jobs(bot: str, s=Depends(services), who=Depends(principal)):
-    return [j.to_json() for j in s.jobs.list(s.bot(who, bot))]
+    return s.jobs.list(s.bot(who, bot))
 
 
 @router.get("/bots/{bot}/jobs/{job_id}", tags=["sources"], summary="one sync job's progress and report")
 def get_job(bot: str, job_id: str, s=Depends(services), who=Depends(principal)):
-    return s.jobs.get(s.bot(who, bot), job_id).to_json()
+    return s.jobs.get(s.bot(who, bot), job_id)
 
 
 # ------------------------------------------------------------------------------------------------ search

@@ -138,6 +138,22 @@ def message_record(row) -> dict[str, Any]:
             "feedback": None if row["rating"] is None else {"rating": row["rating"], "comment": row["comment"]}}
 
 
+JOB_SELECT = "SELECT j.*, b.name AS bot FROM sync_jobs j JOIN bots b ON b.id = j.bot_id "
+JOB_STATES = ("queued", "running", "done", "failed")
+JOBS_KEPT = 200  # finished sync jobs remembered per bot
+JOB_ATTEMPTS = 3  # claims of one job (workers that stopped midway) before it fails
+
+
+def job_record(row) -> dict[str, Any]:
+    """A sync job as the API shows it (`current`: the document being synced while it runs)."""
+    return {"id": row["id"], "bot": row["bot"], "state": row["state"],
+            "source_ids": None if row["source_ids"] is None else json.loads(row["source_ids"]),
+            "processed": row["processed"], "current": row["current_item"],
+            "report": None if row["report"] is None else json.loads(row["report"]), "error": row["error"],
+            "attempts": row["attempts"], "worker": row["worker"], "created_at": row["created_at"],
+            "started_at": row["started_at"], "finished_at": row["finished_at"], "heartbeat_at": row["heartbeat_at"]}
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
@@ -317,6 +333,36 @@ class Store(ABC):
     @abstractmethod
     def list_runs(self, bot: Bot, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The bot's runs, newest first, each as get_run returns it."""
+
+    # sync jobs (a queue any worker of any process shares) --------------------------
+    @abstractmethod
+    def add_job(self, bot: Bot, source_ids: Sequence[int] | None = None) -> dict[str, Any]:
+        """Queue a sync of the bot's sources (`source_ids`, or all of them); the job as get_job returns it. Keeps
+        the newest `JOBS_KEPT` finished jobs of the bot."""
+
+    @abstractmethod
+    def claim_job(self, worker: str, stale_after: float) -> dict[str, Any] | None:
+        """Take the oldest queued job of any bot for `worker` (state "running"), or a running one whose worker
+        sent no heartbeat for `stale_after` seconds (its attempts counted; after `JOB_ATTEMPTS` it fails
+        instead); None when there is none. Two workers never get the same job."""
+
+    @abstractmethod
+    def job_progress(self, job_id: str, worker: str, processed: int, current: str) -> bool:
+        """Record progress and a heartbeat; False when `worker` no longer holds the job (it was claimed again)."""
+
+    @abstractmethod
+    def finish_job(self, job_id: str, worker: str, report: dict[str, Any] | None = None,
+                   error: str | None = None) -> None:
+        """End a job held by `worker`: "done" with its report, or "failed" with `error`."""
+
+    @abstractmethod
+    def get_job(self, bot: Bot, job_id: str) -> dict[str, Any]:
+        """{id, bot, state, source_ids, processed, current, report, error, attempts, worker, created_at,
+        started_at, finished_at, heartbeat_at}; NotFoundError for a foreign or unknown id."""
+
+    @abstractmethod
+    def list_jobs(self, bot: Bot | None = None, states: Sequence[str] = (), limit: int = 50) -> list[dict[str, Any]]:
+        """Jobs of the bot (of every bot when None), newest first, optionally only those in `states`."""
 
     @abstractmethod
     def index_bytes(self, bot: Bot) -> int:

@@ -27,7 +27,7 @@ from .base import CORE_TABLES, DERIVED_COLUMNS, Bot, generation_cache, heading_p
 from .sql import SqlStore
 from .sqlite import query_terms
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Numbered migrations, as in the SQLite store: index i brings the schema from version i to i+1. JSON is kept as
 # text, like SQLite, so derived tables that list chunk ids are found and matched the same way by erasure.
@@ -163,6 +163,27 @@ MIGRATIONS = [
         detail TEXT NOT NULL
     );
     """,
+    # 2: sync jobs as rows, as in the SQLite store's migration 5
+    """
+    CREATE TABLE sync_jobs (
+        id TEXT PRIMARY KEY,
+        bot_id BIGINT NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        source_ids TEXT,
+        state TEXT NOT NULL,
+        processed INTEGER NOT NULL DEFAULT 0,
+        current_item TEXT NOT NULL DEFAULT '',
+        report TEXT,
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        worker TEXT NOT NULL DEFAULT '',
+        created_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        heartbeat_at DOUBLE PRECISION
+    );
+    CREATE INDEX sync_jobs_state ON sync_jobs(state, created_at);
+    CREATE INDEX sync_jobs_bot ON sync_jobs(bot_id, created_at);
+    """,
 ]
 
 _MIGRATION_LOCK = 0x7261677475  # pg_advisory_xact_lock key: two servers starting at once migrate one at a time
@@ -228,6 +249,7 @@ def redact_url(url: str) -> str:
 
 class PostgresStore(SqlStore):
     _lock_rows = " FOR UPDATE"
+    _claim_rows = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str, vector_index: str = "exact", ef_search: int = 100) -> None:
         """`vector_index`: "exact" (every vector of the bot compared: always the true nearest chunks) or "hnsw"

@@ -15,13 +15,16 @@ from abc import abstractmethod
 from typing import Any, Sequence
 
 from ..errors import NotFoundError, RagtuneError
-from .base import (KEY_SELECT, ApiKey, Bot, DocumentState, Source, Store, StoredChunk, bot_record, document_state,
-                   heading_path, key_record, message_record, new_run_id, run_changes, run_record, source_record)
+from .base import (JOB_ATTEMPTS, JOB_SELECT, JOBS_KEPT, KEY_SELECT, ApiKey, Bot, DocumentState, Source, Store,
+                   StoredChunk, bot_record, document_state, heading_path, job_record, key_record, message_record,
+                   new_run_id, run_changes, run_record, source_record)
 
 
 class SqlStore(Store):
     # appended to a SELECT of rows the same transaction then updates (SQLite's transactions lock the whole database)
     _lock_rows = ""
+    # appended to the SELECT that claims a sync job: Postgres skips rows another worker is claiming
+    _claim_rows = ""
 
     @abstractmethod
     def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -224,3 +227,65 @@ class SqlStore(Store):
         rows = self._run("SELECT * FROM eval_runs WHERE bot_id = ? AND (CAST(? AS TEXT) IS NULL OR kind = ?) "
                          "ORDER BY started_at DESC, id DESC LIMIT ?", (bot.id, kind, kind, limit)).fetchall()
         return [run_record(r, bot) for r in rows]
+
+    # ------------------------------------------------------------------ sync jobs
+    def add_job(self, bot: Bot, source_ids: Sequence[int] | None = None) -> dict[str, Any]:
+        job_id = secrets.token_urlsafe(9)
+        with self._tx():
+            self._run("INSERT INTO sync_jobs(id, bot_id, source_ids, state, created_at) VALUES (?, ?, ?, 'queued', ?)",
+                      (job_id, bot.id, None if source_ids is None else json.dumps(list(source_ids)), time.time()))
+            self._run("DELETE FROM sync_jobs WHERE bot_id = ? AND finished_at IS NOT NULL AND id NOT IN (SELECT id "
+                      "FROM sync_jobs WHERE bot_id = ? AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?)",
+                      (bot.id, bot.id, JOBS_KEPT))
+        return self.get_job(bot, job_id)
+
+    def claim_job(self, worker: str, stale_after: float) -> dict[str, Any] | None:
+        now = time.time()
+        waiting = "state = 'queued' OR (state = 'running' AND heartbeat_at < ?)"
+        if self._run(f"SELECT 1 FROM sync_jobs WHERE {waiting} LIMIT 1", (now - stale_after,)).fetchone() is None:
+            return None  # an idle worker's poll: a read, no write lock
+        with self._tx():
+            self._run("UPDATE sync_jobs SET state = 'failed', finished_at = ?, current_item = '', error = ? "
+                      "WHERE state = 'running' AND heartbeat_at < ? AND attempts >= ?",
+                      (now, f"its worker stopped {JOB_ATTEMPTS} times during this job (see the workers' logs); "
+                       "start the sync again", now - stale_after, JOB_ATTEMPTS))
+            row = self._run(f"SELECT id FROM sync_jobs WHERE {waiting} ORDER BY created_at, id LIMIT 1" + self._claim_rows,
+                            (now - stale_after,)).fetchone()
+            if row is None:
+                return None
+            self._run("UPDATE sync_jobs SET state = 'running', worker = ?, attempts = attempts + 1, processed = 0, "
+                      "current_item = '', started_at = coalesce(started_at, ?), heartbeat_at = ? WHERE id = ?",
+                      (worker, now, now, row["id"]))
+            return job_record(self._run(JOB_SELECT + "WHERE j.id = ?", (row["id"],)).fetchone())
+
+    def job_progress(self, job_id: str, worker: str, processed: int, current: str) -> bool:
+        with self._tx():
+            return self._run("UPDATE sync_jobs SET processed = ?, current_item = ?, heartbeat_at = ? "
+                             "WHERE id = ? AND worker = ? AND state = 'running'",
+                             (processed, current, time.time(), job_id, worker)).rowcount > 0
+
+    def finish_job(self, job_id: str, worker: str, report: dict[str, Any] | None = None,
+                   error: str | None = None) -> None:
+        with self._tx():
+            self._run("UPDATE sync_jobs SET state = ?, report = ?, error = ?, current_item = '', finished_at = ? "
+                      "WHERE id = ? AND worker = ? AND state = 'running'",
+                      ("failed" if error is not None else "done", None if report is None else json.dumps(report),
+                       error, time.time(), job_id, worker))
+
+    def get_job(self, bot: Bot, job_id: str) -> dict[str, Any]:
+        row = self._run(JOB_SELECT + "WHERE j.id = ? AND j.bot_id = ?", (job_id, bot.id)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no job {job_id!r} in bot {bot.name!r}")
+        return job_record(row)
+
+    def list_jobs(self, bot: Bot | None = None, states: Sequence[str] = (), limit: int = 50) -> list[dict[str, Any]]:
+        where, params = [], []
+        if bot is not None:
+            where.append("j.bot_id = ?")
+            params.append(bot.id)
+        if states:
+            where.append(f"j.state IN ({', '.join('?' * len(states))})")
+            params.extend(states)
+        rows = self._run(JOB_SELECT + (f"WHERE {' AND '.join(where)} " if where else "")
+                         + "ORDER BY j.created_at DESC, j.id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [job_record(r) for r in rows]

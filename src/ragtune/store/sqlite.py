@@ -18,7 +18,7 @@ from ..types import Chunk, Hit, LoadedDocument
 from .base import CORE_TABLES, DERIVED_COLUMNS, Bot, generation_cache, heading_path, joined_heading, lexical_heading
 from .sql import SqlStore
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Numbered migrations: index i brings the schema from version i to i+1.
 MIGRATIONS = [
@@ -155,6 +155,28 @@ MIGRATIONS = [
         PRIMARY KEY (bot_id, embedder, key)
     );
     CREATE INDEX passage_vectors_chunk ON passage_vectors(chunk_id);
+    """,
+    # 5: sync jobs as rows (`ragtune.store.sql`: any worker of any server claims the oldest queued one; a running
+    # job whose worker stopped sending heartbeats is claimed again — sync is idempotent per document).
+    """
+    CREATE TABLE sync_jobs (
+        id TEXT PRIMARY KEY,
+        bot_id INTEGER NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        source_ids TEXT,
+        state TEXT NOT NULL,
+        processed INTEGER NOT NULL DEFAULT 0,
+        current_item TEXT NOT NULL DEFAULT '',
+        report TEXT,
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        worker TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        heartbeat_at REAL
+    );
+    CREATE INDEX sync_jobs_state ON sync_jobs(state, created_at);
+    CREATE INDEX sync_jobs_bot ON sync_jobs(bot_id, created_at);
     """,
 ]
 
@@ -479,7 +501,7 @@ class SQLiteStore(SqlStore):
             target.execute("BEGIN")
             # what the copy must not carry: other bots, and this bot's keys, conversations and runs
             target.execute("DELETE FROM bots WHERE id != ?", (bot.id,))
-            for table in ("api_keys", "conversations", "eval_runs"):
+            for table in ("api_keys", "conversations", "eval_runs", "sync_jobs"):
                 target.execute(f"DELETE FROM {table}")
             target.execute("COMMIT")
             target.execute("PRAGMA journal_mode=WAL")

@@ -26,7 +26,7 @@ from ..models.generators import QWEN_NAME, QWEN_SHA256, SMOLLM2_NAME, SMOLLM2_SH
 from ..settings import Settings
 from . import TRAIN_EXTRA
 from .adapters import DATA_FILE, GGUF_FILE, PEFT_DIR, WORK_DIR, Adapter, adapters_root, commit_adapter, \
-    folder_size, new_adapter_id, peft_to_gguf, write_json_atomic
+    folder_size, new_adapter_id, peft_to_gguf
 from .dataset import FINETUNE_SYSTEM, Dataset, Example
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
