@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import DATASETS, cli_env, run_cli, run_json
 from ragtune.ingest.sync import register_sources, sync_bot
@@ -207,30 +206,37 @@ def test_missing_source_folder_keeps_documents(settings, store, tmp_path):
     assert store.count(bot)["documents"] == 1
 
 
-def test_kill_9_mid_ingest_leaves_a_consistent_store(tmp_path):
-    kb = tmp_path / "kb"
-    for i in range(3000):
-        write(kb, f"d{i:04d}.md", f"# Doc {i}\n\n" + f"Fact number {i} is about item {i}. " * 40)
-    home = tmp_path / "home"
-    home.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "ragtune", "ingest", str(kb), "--json"], env=cli_env(home),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = home / "ragtune.db"
+def kill_9_once(proc: subprocess.Popen, db: Path, count_sql: str, at_least: int = 100) -> None:
+    """SIGKILL `proc` once `count_sql` on the SQLite store `db` counts `at_least` (within 120 s)."""
     deadline = time.time() + 120
-    landed = 0
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
         if db.exists():
             try:
                 with sqlite3.connect(db, timeout=1) as con:
-                    landed = con.execute("SELECT count(*) FROM documents").fetchone()[0]
+                    if (con.execute(count_sql).fetchone() or [0])[0] >= at_least:
+                        break
             except sqlite3.Error:
                 continue
-            if landed >= 100:
-                break
-    assert proc.poll() is None, "ingest finished before it could be killed"
+    assert proc.poll() is None, "it finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def many_documents(kb: Path, n: int = 3000) -> None:
+    for i in range(n):
+        write(kb, f"d{i:04d}.md", f"# Doc {i}\n\n" + f"Fact number {i} is about item {i}. " * 40)
+
+
+def test_kill_9_mid_ingest_leaves_a_consistent_store(tmp_path):
+    kb = tmp_path / "kb"
+    many_documents(kb)
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "ragtune", "ingest", str(kb), "--json"], env=cli_env(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = home / "ragtune.db"
+    kill_9_once(proc, db, "SELECT count(*) FROM documents")
     store = SQLiteStore(db)
     assert store.integrity_check() == "ok"
     q = lambda sql: store.db.execute(sql).fetchone()[0]  # noqa: E731
@@ -268,3 +274,25 @@ def test_queued_sync_jobs_run_by_a_worker_process(tmp_path):
     failed = run_json(home, "jobs", "--bot", "kb")[0]
     assert failed["state"] == "failed" and "127.0.0.1:9" in failed["error"]
     assert run_json(home, "search", "Refunds", "--bot", "kb", RAGTUNE_EMBEDDER="hash")  # the index is intact
+
+
+def test_a_killed_workers_job_is_taken_over_and_finished(tmp_path):
+    """kill -9 a worker midway through a job: the documents it committed stay, and the next worker (once the
+    job's heartbeat is stale) claims the job again and syncs only the rest."""
+    kb = tmp_path / "kb"
+    write(kb, "first.md", "# First\n\nThe first fact.\n")
+    home = tmp_path / "home"
+    run_cli(home, "ingest", str(kb), "--bot", "kb")
+    many_documents(kb)
+    job = run_json(home, "sync", "--queue", "--bot", "kb")
+    proc = subprocess.Popen([sys.executable, "-m", "ragtune", "worker"], env=cli_env(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_9_once(proc, home / "ragtune.db", f"SELECT processed FROM sync_jobs WHERE id = '{job['id']}'")
+    held = run_json(home, "jobs", "--bot", "kb")[0]
+    assert held["state"] == "running" and held["processed"] >= 100
+    assert run_json(home, "worker", "--once") == []  # its heartbeat is fresh: nobody takes it yet
+    ran = run_json(home, "worker", "--once", RAGTUNE_JOB_STALE_SECONDS="0")
+    assert [(j["id"], j["state"], j["attempts"]) for j in ran] == [(job["id"], "done", 2)]
+    report = ran[0]["report"]
+    assert report["unchanged"] > 1 and report["added"] + report["unchanged"] == 3001  # the first worker's work kept
+    assert run_json(home, "sync", "--bot", "kb")["unchanged"] == 3001
