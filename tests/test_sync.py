@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from conftest import DATASETS, cli_env, run_cli, run_json
 from ragtune.ingest.sync import register_sources, sync_bot
 from ragtune.models.embedders import HashEmbedder
