@@ -362,3 +362,12 @@ def test_a_job_whose_worker_stopped_is_claimed_again_then_fails(st):
     assert st.claim_job("w9", stale_after=-1) is None
     failed = st.get_job(bot, job["id"])
     assert failed["state"] == "failed" and "stopped" in failed["error"]
+
+
+def test_a_job_pinned_to_a_host_is_claimed_only_there(st):
+    bot = st.ensure_bot("a")
+    pinned, anywhere = st.add_job(bot, host="files-box"), st.add_job(bot)
+    assert (pinned["host"], anywhere["host"]) == ("files-box", "")
+    assert st.claim_job("w1", 60, host="other-box")["id"] == anywhere["id"]
+    assert st.claim_job("w2", 60, host="other-box") is None
+    assert st.claim_job("w3", 60, host="files-box")["id"] == pinned["id"]

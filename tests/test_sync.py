@@ -295,3 +295,16 @@ def test_a_killed_workers_job_is_taken_over_and_finished(tmp_path):
     report = ran[0]["report"]
     assert report["unchanged"] > 1 and report["added"] + report["unchanged"] == 3001  # the first worker's work kept
     assert run_json(home, "sync", "--bot", "kb")["unchanged"] == 3001
+
+
+def test_sync_jobs_of_local_files_are_pinned_to_this_machine_unless_shared(settings, store, tmp_path):
+    import socket
+
+    from ragtune.ingest.worker import job_host
+
+    bot = store.ensure_bot("b")
+    folder = register_sources(store, bot, [str(tmp_path)], settings)[0]
+    site = store.add_source(bot, "https://docs.example.com/", "url", {})
+    assert job_host(settings, [folder, site]) == socket.gethostname()
+    assert job_host(settings, [site]) == ""  # any worker can reach a website
+    assert job_host(settings.replace(sources_shared=True), [folder]) == ""

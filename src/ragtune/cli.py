@@ -177,7 +177,9 @@ def cmd_sync(args, settings: Settings) -> int:
     with open_store(settings) as store:
         bot = store.get_bot(settings.bot)
         if args.queue:
-            job = store.add_job(bot)
+            from .ingest.worker import queue_sync
+
+            job = queue_sync(store, settings, bot)
             emit(args, job, f"queued sync job {job['id']} for bot {bot.name!r}; `ragtune jobs --bot {bot.name}` "
                  "shows its progress once a worker runs it")
             return 0

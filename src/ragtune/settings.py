@@ -35,6 +35,9 @@ class Settings:
                               "of the true nearest chunks, slower")
     sync_worker: bool = _f(True, "`ragtune serve` runs sync jobs itself; turn off where dedicated `ragtune worker` "
                            "processes take the jobs of a shared store")
+    sources_shared: bool = _f(False, "file and folder sources are at the same path on every worker's machine (a "
+                              "shared volume): their sync jobs may run on any worker, not only on the machine that "
+                              "queued them")
     job_poll_seconds: float = _f(1.0, "how often an idle sync worker looks for jobs queued by other processes")
     job_stale_seconds: float = _f(600.0, "a running sync job whose worker sent no heartbeat (one per document) for "
                                   "this long is taken over by another worker")

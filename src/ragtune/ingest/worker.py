@@ -1,6 +1,7 @@
 """The sync worker: claims queued sync jobs from the store (queued by any server or process sharing it), runs each
 with progress and heartbeats, and records how it ended. `ragtune serve` runs one in a thread; `ragtune worker`
-runs one in the foreground, so several machines can share the ingestion work of one Postgres store. A worker
+runs one in the foreground, so several machines can share the ingestion work of one Postgres store (a job of
+files or folders runs on the machine that queued it, unless `sources_shared`). A worker
 that stops midway leaves nothing half-written (sync commits one document at a time); another worker claims the
 job again once its heartbeat is `job_stale_seconds` old."""
 
@@ -11,13 +12,27 @@ import os
 import secrets
 import socket
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import NotFoundError, RagtuneError
 from ..settings import Settings
-from ..store import Store, open_store
+from ..store import Bot, Source, Store, open_store
 
 log = logging.getLogger(__name__)
+
+
+def job_host(settings: Settings, sources: Sequence[Source]) -> str:
+    """Where a sync of `sources` may run: on this machine when one of them is a file or folder here (another
+    machine would find it missing) — unless `sources_shared` says every worker sees the same files — else
+    anywhere ("")."""
+    local = any(s.kind != "url" for s in sources)
+    return socket.gethostname() if local and not settings.sources_shared else ""
+
+
+def queue_sync(store: Store, settings: Settings, bot: Bot, source_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """Queue a sync job of the bot's sources (`source_ids`, or all), pinned as job_host says."""
+    sources = [s for s in store.list_sources(bot) if source_ids is None or s.id in source_ids]
+    return store.add_job(bot, source_ids, host=job_host(settings, sources))
 
 
 class _Lost(Exception):
@@ -30,7 +45,8 @@ class SyncWorker:
         """`on_job`: called with each job as it ended."""
         self.settings = settings.replace(progress=False)
         self.embedder, self.on_job = embedder, on_job
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.host = socket.gethostname()
+        self.name = name or f"{self.host}:{os.getpid()}:{secrets.token_hex(3)}"
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -38,7 +54,7 @@ class SyncWorker:
         """Claim and run one job; the job as it ended, or None when none is waiting."""
         from ..ingest.sync import sync_bot
 
-        job = store.claim_job(self.name, self.settings.job_stale_seconds)
+        job = store.claim_job(self.name, self.settings.job_stale_seconds, self.host)
         if job is None:
             return None
         done, bot = 0, None

@@ -7,20 +7,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..ingest.worker import SyncWorker
+from ..ingest.worker import SyncWorker, queue_sync
 from ..settings import Settings
 from ..store import Bot, Store
 
 
 class SyncJobs:
     def __init__(self, settings: Settings, store: Store, embedder=None) -> None:
-        self.store = store
+        self.store, self.settings = store, settings
         self.worker = SyncWorker(settings, embedder) if settings.sync_worker else None
         if self.worker is not None:
             self.worker.start()
 
     def submit(self, bot: Bot, source_ids: list[int] | None = None) -> dict[str, Any]:
-        job = self.store.add_job(bot, source_ids)
+        job = queue_sync(self.store, self.settings, bot, source_ids)
         if self.worker is not None:
             self.worker.wake()
         return job

@@ -150,7 +150,8 @@ def job_record(row) -> dict[str, Any]:
             "source_ids": None if row["source_ids"] is None else json.loads(row["source_ids"]),
             "processed": row["processed"], "current": row["current_item"],
             "report": None if row["report"] is None else json.loads(row["report"]), "error": row["error"],
-            "attempts": row["attempts"], "worker": row["worker"], "created_at": row["created_at"],
+            "attempts": row["attempts"], "worker": row["worker"], "host": row["pinned_host"],
+            "created_at": row["created_at"],
             "started_at": row["started_at"], "finished_at": row["finished_at"], "heartbeat_at": row["heartbeat_at"]}
 
 
@@ -336,15 +337,17 @@ class Store(ABC):
 
     # sync jobs (a queue any worker of any process shares) --------------------------
     @abstractmethod
-    def add_job(self, bot: Bot, source_ids: Sequence[int] | None = None) -> dict[str, Any]:
-        """Queue a sync of the bot's sources (`source_ids`, or all of them); the job as get_job returns it. Keeps
-        the newest `JOBS_KEPT` finished jobs of the bot."""
+    def add_job(self, bot: Bot, source_ids: Sequence[int] | None = None, host: str = "") -> dict[str, Any]:
+        """Queue a sync of the bot's sources (`source_ids`, or all of them), to be run by a worker on `host` only
+        when that is given (files only that machine has); the job as get_job returns it. Keeps the newest
+        `JOBS_KEPT` finished jobs of the bot."""
 
     @abstractmethod
-    def claim_job(self, worker: str, stale_after: float) -> dict[str, Any] | None:
-        """Take the oldest queued job of any bot for `worker` (state "running"), or a running one whose worker
-        sent no heartbeat for `stale_after` seconds (its attempts counted; after `JOB_ATTEMPTS` it fails
-        instead); None when there is none. Two workers never get the same job."""
+    def claim_job(self, worker: str, stale_after: float, host: str = "") -> dict[str, Any] | None:
+        """Take the oldest queued job of any bot that is pinned to no host or to `host`, for `worker` (state
+        "running"), or such a running one whose worker sent no heartbeat for `stale_after` seconds (its attempts
+        counted; after `JOB_ATTEMPTS` it fails instead); None when there is none. Two workers never get the same
+        job."""
 
     @abstractmethod
     def job_progress(self, job_id: str, worker: str, processed: int, current: str) -> bool:
@@ -357,8 +360,8 @@ class Store(ABC):
 
     @abstractmethod
     def get_job(self, bot: Bot, job_id: str) -> dict[str, Any]:
-        """{id, bot, state, source_ids, processed, current, report, error, attempts, worker, created_at,
-        started_at, finished_at, heartbeat_at}; NotFoundError for a foreign or unknown id."""
+        """{id, bot, state, source_ids, processed, current, report, error, attempts, worker, host (pinned to, or
+        ""), created_at, started_at, finished_at, heartbeat_at}; NotFoundError for a foreign or unknown id."""
 
     @abstractmethod
     def list_jobs(self, bot: Bot | None = None, states: Sequence[str] = (), limit: int = 50) -> list[dict[str, Any]]:

@@ -176,6 +176,7 @@ MIGRATIONS = [
         error TEXT,
         attempts INTEGER NOT NULL DEFAULT 0,
         worker TEXT NOT NULL DEFAULT '',
+        pinned_host TEXT NOT NULL DEFAULT '',
         created_at DOUBLE PRECISION NOT NULL,
         started_at DOUBLE PRECISION,
         finished_at DOUBLE PRECISION,

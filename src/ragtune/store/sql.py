@@ -229,20 +229,21 @@ class SqlStore(Store):
         return [run_record(r, bot) for r in rows]
 
     # ------------------------------------------------------------------ sync jobs
-    def add_job(self, bot: Bot, source_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    def add_job(self, bot: Bot, source_ids: Sequence[int] | None = None, host: str = "") -> dict[str, Any]:
         job_id = secrets.token_urlsafe(9)
         with self._tx():
-            self._run("INSERT INTO sync_jobs(id, bot_id, source_ids, state, created_at) VALUES (?, ?, ?, 'queued', ?)",
-                      (job_id, bot.id, None if source_ids is None else json.dumps(list(source_ids)), time.time()))
+            self._run("INSERT INTO sync_jobs(id, bot_id, source_ids, state, pinned_host, created_at) "
+                      "VALUES (?, ?, ?, 'queued', ?, ?)",
+                      (job_id, bot.id, None if source_ids is None else json.dumps(list(source_ids)), host, time.time()))
             self._run("DELETE FROM sync_jobs WHERE bot_id = ? AND finished_at IS NOT NULL AND id NOT IN (SELECT id "
                       "FROM sync_jobs WHERE bot_id = ? AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?)",
                       (bot.id, bot.id, JOBS_KEPT))
         return self.get_job(bot, job_id)
 
-    def claim_job(self, worker: str, stale_after: float) -> dict[str, Any] | None:
+    def claim_job(self, worker: str, stale_after: float, host: str = "") -> dict[str, Any] | None:
         now = time.time()
-        waiting = "state = 'queued' OR (state = 'running' AND heartbeat_at < ?)"
-        if self._run(f"SELECT 1 FROM sync_jobs WHERE {waiting} LIMIT 1", (now - stale_after,)).fetchone() is None:
+        waiting = "(state = 'queued' OR (state = 'running' AND heartbeat_at < ?)) AND pinned_host IN ('', ?)"
+        if self._run(f"SELECT 1 FROM sync_jobs WHERE {waiting} LIMIT 1", (now - stale_after, host)).fetchone() is None:
             return None  # an idle worker's poll: a read, no write lock
         with self._tx():
             self._run("UPDATE sync_jobs SET state = 'failed', finished_at = ?, current_item = '', error = ? "
@@ -250,7 +251,7 @@ class SqlStore(Store):
                       (now, f"its worker stopped {JOB_ATTEMPTS} times during this job (see the workers' logs); "
                        "start the sync again", now - stale_after, JOB_ATTEMPTS))
             row = self._run(f"SELECT id FROM sync_jobs WHERE {waiting} ORDER BY created_at, id LIMIT 1" + self._claim_rows,
-                            (now - stale_after,)).fetchone()
+                            (now - stale_after, host)).fetchone()
             if row is None:
                 return None
             self._run("UPDATE sync_jobs SET state = 'running', worker = ?, attempts = attempts + 1, processed = 0, "

@@ -156,8 +156,9 @@ MIGRATIONS = [
     );
     CREATE INDEX passage_vectors_chunk ON passage_vectors(chunk_id);
     """,
-    # 5: sync jobs as rows (`ragtune.store.sql`: any worker of any server claims the oldest queued one; a running
-    # job whose worker stopped sending heartbeats is claimed again — sync is idempotent per document).
+    # 5: sync jobs as rows (`ragtune.store.sql`: any worker of any server claims the oldest queued one — only a
+    # worker on `pinned_host` when that is set, for files only that machine has; a running job whose worker
+    # stopped sending heartbeats is claimed again — sync is idempotent per document).
     """
     CREATE TABLE sync_jobs (
         id TEXT PRIMARY KEY,
@@ -170,6 +171,7 @@ MIGRATIONS = [
         error TEXT,
         attempts INTEGER NOT NULL DEFAULT 0,
         worker TEXT NOT NULL DEFAULT '',
+        pinned_host TEXT NOT NULL DEFAULT '',
         created_at REAL NOT NULL,
         started_at REAL,
         finished_at REAL,
