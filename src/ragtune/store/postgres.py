@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import RagtuneError, require
 from ..types import Chunk, Hit, LoadedDocument
 from .base import CORE_TABLES, DERIVED_COLUMNS, Bot, generation_cache, heading_path, joined_heading, lexical_heading
-from .sql import SqlStore
+from .sql import SYNC_JOBS_TABLE, SqlStore
 from .sqlite import query_terms
 
 SCHEMA_VERSION = 2
@@ -164,27 +164,7 @@ MIGRATIONS = [
     );
     """,
     # 2: sync jobs as rows, as in the SQLite store's migration 5
-    """
-    CREATE TABLE sync_jobs (
-        id TEXT PRIMARY KEY,
-        bot_id BIGINT NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
-        source_ids TEXT,
-        state TEXT NOT NULL,
-        processed INTEGER NOT NULL DEFAULT 0,
-        current_item TEXT NOT NULL DEFAULT '',
-        report TEXT,
-        error TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        worker TEXT NOT NULL DEFAULT '',
-        pinned_host TEXT NOT NULL DEFAULT '',
-        created_at DOUBLE PRECISION NOT NULL,
-        started_at DOUBLE PRECISION,
-        finished_at DOUBLE PRECISION,
-        heartbeat_at DOUBLE PRECISION
-    );
-    CREATE INDEX sync_jobs_state ON sync_jobs(state, created_at);
-    CREATE INDEX sync_jobs_bot ON sync_jobs(bot_id, created_at);
-    """,
+    SYNC_JOBS_TABLE.format(key="BIGINT", real="DOUBLE PRECISION"),
 ]
 
 _MIGRATION_LOCK = 0x7261677475  # pg_advisory_xact_lock key: two servers starting at once migrate one at a time

@@ -20,6 +20,30 @@ from .base import (JOB_ATTEMPTS, JOB_SELECT, JOBS_KEPT, KEY_SELECT, ApiKey, Bot,
                    new_run_id, run_changes, run_record, source_record)
 
 
+# The sync job queue's table (each backend's migrations create it, with its own integer and float types).
+SYNC_JOBS_TABLE = """
+    CREATE TABLE sync_jobs (
+        id TEXT PRIMARY KEY,
+        bot_id {key} NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
+        source_ids TEXT,
+        state TEXT NOT NULL,
+        processed INTEGER NOT NULL DEFAULT 0,
+        current_item TEXT NOT NULL DEFAULT '',
+        report TEXT,
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        worker TEXT NOT NULL DEFAULT '',
+        pinned_host TEXT NOT NULL DEFAULT '',
+        created_at {real} NOT NULL,
+        started_at {real},
+        finished_at {real},
+        heartbeat_at {real}
+    );
+    CREATE INDEX sync_jobs_state ON sync_jobs(state, created_at);
+    CREATE INDEX sync_jobs_bot ON sync_jobs(bot_id, created_at);
+"""
+
+
 class SqlStore(Store):
     # appended to a SELECT of rows the same transaction then updates (SQLite's transactions lock the whole database)
     _lock_rows = ""

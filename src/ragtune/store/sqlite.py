@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import RagtuneError
 from ..types import Chunk, Hit, LoadedDocument
 from .base import CORE_TABLES, DERIVED_COLUMNS, Bot, generation_cache, heading_path, joined_heading, lexical_heading
-from .sql import SqlStore
+from .sql import SYNC_JOBS_TABLE, SqlStore
 
 SCHEMA_VERSION = 5
 
@@ -159,27 +159,7 @@ MIGRATIONS = [
     # 5: sync jobs as rows (`ragtune.store.sql`: any worker of any server claims the oldest queued one — only a
     # worker on `pinned_host` when that is set, for files only that machine has; a running job whose worker
     # stopped sending heartbeats is claimed again — sync is idempotent per document).
-    """
-    CREATE TABLE sync_jobs (
-        id TEXT PRIMARY KEY,
-        bot_id INTEGER NOT NULL REFERENCES bots(id) ON DELETE CASCADE,
-        source_ids TEXT,
-        state TEXT NOT NULL,
-        processed INTEGER NOT NULL DEFAULT 0,
-        current_item TEXT NOT NULL DEFAULT '',
-        report TEXT,
-        error TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        worker TEXT NOT NULL DEFAULT '',
-        pinned_host TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        heartbeat_at REAL
-    );
-    CREATE INDEX sync_jobs_state ON sync_jobs(state, created_at);
-    CREATE INDEX sync_jobs_bot ON sync_jobs(bot_id, created_at);
-    """,
+    SYNC_JOBS_TABLE.format(key="INTEGER", real="REAL"),
 ]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
