@@ -122,6 +122,8 @@
         if (j.report) text += " · added " + j.report.added + ", updated " + j.report.updated + ", removed " +
           j.report.removed + ", unchanged " + j.report.unchanged + ", failed " + j.report.failed.length;
         if (j.error) text += " · " + j.error;
+        if (j.state === "queued") text += " · waiting for a sync worker" + (j.host ? " on " + j.host : "");
+        else if (j.worker) text += " · worker " + j.worker + (j.attempts > 1 ? " (attempt " + j.attempts + ")" : "");
         var li = el("li", "job " + j.state, when(j.created_at) + " — " + text);
         li.setAttribute("data-state", j.state);
         list.appendChild(li);
