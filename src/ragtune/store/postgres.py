@@ -186,17 +186,19 @@ _INDEX_LENGTHS = """
     WHERE c.document_id = %(d)s
 """
 # Okapi BM25 (k1 1.2, b 0.75, idf ln(1 + (N - df + 0.5) / (df + 0.5))) over the bot's chunks, as FTS5 ranks them;
-# n (the bot's chunks) and avgdl (their mean weighted length) come from the store's per-generation cache
+# n (the bot's chunks) and avgdl (their mean weighted length) come from the store's per-generation cache. The
+# postings are read term by term through the (bot_id, term) key, once (a join the planner may turn into a scan of
+# every posting of the bot: 84 ms against 7 ms per SciFact query)
 _BM25 = """
     WITH q AS (SELECT DISTINCT unnest(tsvector_to_array(to_tsvector('english', %(text)s))) AS term),
-    df AS (SELECT t.term, count(*)::float8 AS df FROM chunk_terms t JOIN q ON q.term = t.term
-           WHERE t.bot_id = %(b)s GROUP BY t.term)
-    SELECT t.chunk_id AS id,
-           sum(ln(1 + (%(n)s - df.df + 0.5) / (df.df + 0.5)) * t.tf * 2.2
-               / (t.tf + 1.2 * (0.25 + 0.75 * c.lexical_length / greatest(%(avgdl)s, 1e-9)))) AS s
-    FROM chunk_terms t JOIN df ON df.term = t.term JOIN chunks c ON c.id = t.chunk_id
-    WHERE t.bot_id = %(b)s
-    GROUP BY t.chunk_id ORDER BY s DESC, t.chunk_id LIMIT %(k)s
+    p AS MATERIALIZED (SELECT t.chunk_id, t.term, t.tf FROM q CROSS JOIN LATERAL
+                       (SELECT chunk_id, term, tf FROM chunk_terms WHERE bot_id = %(b)s AND term = q.term) t),
+    df AS (SELECT term, count(*)::float8 AS df FROM p GROUP BY term)
+    SELECT p.chunk_id AS id,
+           sum(ln(1 + (%(n)s - df.df + 0.5) / (df.df + 0.5)) * p.tf * 2.2
+               / (p.tf + 1.2 * (0.25 + 0.75 * c.lexical_length / greatest(%(avgdl)s, 1e-9)))) AS s
+    FROM p JOIN df ON df.term = p.term JOIN chunks c ON c.id = p.chunk_id
+    GROUP BY p.chunk_id ORDER BY s DESC, p.chunk_id LIMIT %(k)s
 """
 
 
