@@ -263,7 +263,10 @@ def test_erase_removes_documents_and_what_quotes_them(st):
     keep, _ = st.add_messages(bot, None, [{"role": "assistant", "content": "thirty days", "citations": []}])
     run = st.create_run(bot, "compare", {}, {})
     st.update_run(bot, run, chunk_ids=[canary_chunk])
+    job = st.add_job(bot)
+    st.job_progress(st.claim_job("w", 60)["id"], "w", 1, "/kb/a.md")  # a worker stopped while on a.md
     counts = st.erase(bot, [gone], [], {"action": "forget", "subject": "a.md"})
+    assert st.get_job(bot, job["id"])["current"] == ""
     assert (counts["documents"], counts["chunks"], counts["sources"]) == (1, 1, 0)
     assert counts["derived_rows"] >= 2 and counts["reclaimed"] == 1
     assert st.count(bot) == {"documents": 1, "chunks": 1, "vectors": 1}

@@ -416,6 +416,7 @@ class PostgresStore(SqlStore):
         counts = {"documents": len(docs), "chunks": len(chunk_ids), "sources": sources, "derived_rows": derived}
         db.execute("INSERT INTO audit(at, action, bot, detail) VALUES (%s, %s, %s, %s)",
                    (time.time(), str(audit.get("action", "erase")), bot.name, json.dumps({**audit, **counts})))
+        self._forget_job_items(bot)
         self._bump(bot.id)
         return counts, touched
 

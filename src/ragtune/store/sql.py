@@ -297,6 +297,12 @@ class SqlStore(Store):
                       ("failed" if error is not None else "done", None if report is None else json.dumps(report),
                        error, time.time(), job_id, worker))
 
+    def _forget_job_items(self, bot: Bot) -> None:
+        """Part of an erasure: a job's `current` names the document being synced (left behind by a worker that
+        stopped midway), which may be the one erased. Job reports hold counts, and paths only of files that
+        never loaded."""
+        self._run("UPDATE sync_jobs SET current_item = '' WHERE bot_id = ? AND current_item <> ''", (bot.id,))
+
     def get_job(self, bot: Bot, job_id: str) -> dict[str, Any]:
         row = self._run(JOB_SELECT + "WHERE j.id = ? AND j.bot_id = ?", (job_id, bot.id)).fetchone()
         if row is None:

@@ -326,6 +326,7 @@ class SQLiteStore(SqlStore):
                    (time.time(), str(audit.get("action", "erase")), bot.name, json.dumps({**audit, **counts})))
         db.execute("DELETE FROM temp.erase_docs")
         db.execute("DELETE FROM temp.erase_chunks")
+        self._forget_job_items(bot)
         self._bump(bot.id)
         return counts
 
