@@ -184,3 +184,37 @@ def test_a_job_queued_on_one_server_is_run_by_a_worker_process_and_seen_on_anoth
         assert done["state"] == "done" and done["processed"] == 3 and done["report"]["added"] == 3
         assert done["worker"] == ran[0]["worker"] and done["attempts"] == 1
         assert b.get("/api/bots/shop").json()["documents"] == 3
+
+
+def test_a_serving_worker_survives_a_database_restart(tmp_path, postgres_url):
+    """Every connection dropped (a restart, a failover): the worker's next poll reconnects and runs new jobs."""
+    import time
+
+    from ragtune.ingest.worker import SyncWorker
+    from ragtune.store.postgres import PostgresStore
+    from serverkit import make_settings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Hours\n\nWe open at 9 am.\n")
+    settings = make_settings(tmp_path / "w", store_url=postgres_url, job_poll_seconds=0.05)
+    worker = SyncWorker(settings)
+    worker.start()
+    try:
+        with PostgresStore(postgres_url) as store:
+            bot = store.ensure_bot("kb")
+            store.add_source(bot, str(docs), "folder", {})
+            first = store.add_job(bot)
+            while store.get_job(bot, first["id"])["state"] in ("queued", "running"):
+                time.sleep(0.05)
+            store.db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            (docs / "b.md").write_text("# Refunds\n\nRefunds take 14 days.\n")
+            second = store.add_job(bot)
+            deadline = time.time() + 30
+            while (job := store.get_job(bot, second["id"]))["state"] in ("queued", "running") \
+                    and time.time() < deadline:
+                time.sleep(0.05)
+            assert job["state"] == "done" and job["report"]["added"] == 1
+    finally:
+        worker.stop()

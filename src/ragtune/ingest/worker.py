@@ -7,6 +7,7 @@ job again once its heartbeat is `job_stale_seconds` old."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -109,10 +110,14 @@ class SyncWorker:
             try:
                 store = store or open_store(self.settings)
                 self.run_pending(store)
-            except RagtuneError as exc:  # the store is unreachable for now: say so, try again later
-                log.warning("sync worker %s: %s", self.name, exc)
+            except Exception as exc:  # e.g. the store is unreachable for now: say so, start afresh, try again later
+                if isinstance(exc, RagtuneError):
+                    log.warning("sync worker %s: %s", self.name, exc)
+                else:
+                    log.exception("sync worker %s", self.name)
                 if store is not None:
-                    store.close()
+                    with contextlib.suppress(Exception):
+                        store.close()
                 store = None
             self._wake.wait(self.settings.job_poll_seconds)
             self._wake.clear()
