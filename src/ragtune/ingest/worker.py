@@ -58,6 +58,7 @@ class SyncWorker:
         job = store.claim_job(self.name, self.settings.job_stale_seconds, self.host)
         if job is None:
             return None
+        log.info("sync job %s of bot %r: started (attempt %d)", job["id"], job["bot"], job["attempts"])
         done, bot = 0, None
 
         def progress(name: str) -> None:
