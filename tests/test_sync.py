@@ -308,3 +308,15 @@ def test_sync_jobs_of_local_files_are_pinned_to_this_machine_unless_shared(setti
     assert job_host(settings, [folder, site]) == socket.gethostname()
     assert job_host(settings, [site]) == ""  # any worker can reach a website
     assert job_host(settings.replace(sources_shared=True), [folder]) == ""
+
+
+def test_a_damaged_store_is_a_one_line_error(tmp_path):
+    write(tmp_path / "kb", "a.md", "# Hours\n\nWe open at 9 am.\n")
+    home = tmp_path / "home"
+    run_cli(home, "ingest", str(tmp_path / "kb"), "--bot", "kb")
+    with sqlite3.connect(home / "ragtune.db") as con:
+        con.execute("DROP TABLE sync_jobs")  # someone edited the file by hand
+    proc = run_cli(home, "jobs", "--bot", "kb", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("ragtune: error: the store failed: no such table: sync_jobs")
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -357,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # the database itself refused (a damaged or hand-edited store): one line, no traceback
+        if not type(exc).__module__.startswith(("sqlite3", "psycopg")):
+            raise
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"ragtune: error: the store failed: {line} (a change it was making is rolled back; `ragtune bots` "
+              "checks that the store opens)", file=sys.stderr)
+        return 1
 
 
 def _load_extensions() -> None:
