@@ -1,9 +1,9 @@
 """The sync worker: claims queued sync jobs from the store (queued by any server or process sharing it), runs each
 with progress and heartbeats, and records how it ended. `ragtune serve` runs one in a thread; `ragtune worker`
 runs one in the foreground, so several machines can share the ingestion work of one Postgres store (a job of
-files or folders runs on the machine that queued it, unless `sources_shared`). A worker
-that stops midway leaves nothing half-written (sync commits one document at a time); another worker claims the
-job again once its heartbeat is `job_stale_seconds` old."""
+files or folders runs on the machine that queued it, unless `sources_shared`). A worker that stops midway leaves
+nothing half-written (sync commits one document at a time); another worker claims the job again once its
+heartbeat is `job_stale_seconds` old."""
 
 from __future__ import annotations
 
