@@ -208,6 +208,8 @@ def cmd_jobs(args, settings: Settings) -> int:
 
 @command("worker")
 def cmd_worker(args, settings: Settings) -> int:
+    import logging
+
     from .ingest.worker import SyncWorker
 
     if args.once:
@@ -216,8 +218,6 @@ def cmd_worker(args, settings: Settings) -> int:
         return 1 if any(j["state"] == "failed" for j in jobs) else 0
     worker = SyncWorker(settings, on_job=lambda j: print(json.dumps(j) if args.json else f"{j['bot']}  {_job_line(j)}",
                                                           flush=True))
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # each job's start, on stderr
     print(f"sync worker {worker.name} waiting for jobs (Ctrl-C stops it)", file=sys.stderr)
     try:
