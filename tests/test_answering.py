@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES, run_cli
-from ragtune.errors import ConfigError, InputError, NotFoundError
+from ragtune.errors import ConfigError, InputError
 from ragtune.ingest.sync import register_sources, sync_bot
 from ragtune.models.embedders import HashEmbedder
 from ragtune.models.generators import EchoGenerator, Generator

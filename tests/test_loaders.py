@@ -52,7 +52,7 @@ def make_pdf(pages: list[str], title: str | None = None) -> bytes:
         + f"] /Count {n} >>".encode(),
     ]
     for i, text in enumerate(pages):
-        page_id, content_id = 3 + 2 * i, 4 + 2 * i
+        content_id = 4 + 2 * i
         objs.append(
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content_id} 0 R "
             f"/Resources << /Font << /F1 {font_id} 0 R >> >> >>".encode()

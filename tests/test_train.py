@@ -320,7 +320,6 @@ def test_cli_adapters_and_ask_json_show_staleness(home, tmp_path):
     assert json.loads(run_cli(home, "adapters", "--json").stdout) == []
     p = run_cli(home, "ask", "How long is the trial?", "--strategy", "finetune", "--model", "echo", check=False)
     assert p.returncode == 3 and "ragtune finetune" in p.stderr and "Traceback" not in p.stderr
-    from ragtune.settings import Settings
     from ragtune.store.sqlite import SQLiteStore
 
     with SQLiteStore(home / "ragtune.db") as store:
