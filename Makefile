@@ -35,6 +35,8 @@ demo: $(STAMP)
 	$(PY) -m ragtune.demo
 
 test: $(STAMP)
+	# unused imports and names, undefined names: the cheap checks that catch what a refactoring leaves behind
+	$(PY) -m pyflakes src tests benchmarks
 	$(PY) -m pytest -q
 
 clean:
