@@ -257,7 +257,9 @@ def test_queued_sync_jobs_run_by_a_worker_process(tmp_path):
     docs.mkdir()
     (docs / "a.md").write_text("# Hours\n\nWe open at 9 am.\n")
     home = tmp_path / "home"
-    run_cli(home, "ingest", str(docs), "--bot", "kb", RAGTUNE_EMBEDDER="hash")
+    first = run_json(home, "ingest", str(docs), "--bot", "kb", "--queue")  # registered, synced by a worker
+    assert first["state"] == "queued" and run_json(home, "bots")[0]["documents"] == 0
+    assert run_json(home, "worker", "--once")[0]["report"]["added"] == 1
     (docs / "b.md").write_text("# Refunds\n\nRefunds take 14 days.\n")
     queued = run_json(home, "sync", "--queue", "--bot", "kb", RAGTUNE_EMBEDDER="hash")
     assert queued["state"] == "queued" and run_json(home, "jobs", "--bot", "kb")[0]["id"] == queued["id"]

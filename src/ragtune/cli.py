@@ -49,6 +49,11 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
+def _queue_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queue", action="store_true", help="queue the sync as a job instead (a `ragtune worker` or "
+                   "`ragtune serve` sharing the store runs it) and print the job")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -85,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"most seconds one website's crawl may take (default {_default('crawl_timeout'):g})")
     p.add_argument("--parse-timeout", dest="parse_timeout", type=float, metavar="SECONDS",
                    help=f"most seconds one file or page may take to parse (default {_default('parse_timeout'):g})")
+    _queue_flag(p)
 
     p = sub.add_parser("forget", parents=[common], help="erase a source or document from a bot, leaving no trace",
                        description="Remove SOURCE — a registered source, one file or page, or a folder inside a "
@@ -96,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sync", parents=[common], help="re-sync every source of a bot",
                        description="Re-sync the bot's sources: only changed documents are re-embedded.")
-    p.add_argument("--queue", action="store_true", help="queue a sync job instead (a `ragtune worker` or `ragtune "
-                   "serve` sharing the store runs it) and print the job")
+    _queue_flag(p)
     sub.add_parser("jobs", parents=[common], help="a bot's sync jobs, newest first, with their progress",
                    description="Sync jobs queued by `ragtune sync --queue` or through the API, as every process "
                    "sharing the store sees them: state (queued, running, done, failed), documents processed, the "
@@ -164,8 +169,19 @@ def cmd_ingest(args, settings: Settings) -> int:
         if args.redact_pii is not None and bool(bot.settings.get("redact_pii")) != args.redact_pii:
             bot = store.update_bot_settings(bot, {"redact_pii": args.redact_pii})
         register_sources(store, bot, args.sources, settings)
+        if args.queue:
+            return _queue(args, store, settings, bot)
         report = sync_bot(store, settings, bot)
     emit(args, report.to_json(), lambda: _report_text(report))
+    return 0
+
+
+def _queue(args, store, settings: Settings, bot) -> int:
+    from .ingest.worker import queue_sync
+
+    job = queue_sync(store, settings, bot)
+    emit(args, job, f"queued sync job {job['id']} for bot {bot.name!r}; `ragtune jobs --bot {bot.name}` shows its "
+         "progress once a worker runs it")
     return 0
 
 
@@ -177,12 +193,7 @@ def cmd_sync(args, settings: Settings) -> int:
     with open_store(settings) as store:
         bot = store.get_bot(settings.bot)
         if args.queue:
-            from .ingest.worker import queue_sync
-
-            job = queue_sync(store, settings, bot)
-            emit(args, job, f"queued sync job {job['id']} for bot {bot.name!r}; `ragtune jobs --bot {bot.name}` "
-                 "shows its progress once a worker runs it")
-            return 0
+            return _queue(args, store, settings, bot)
         report = sync_bot(store, settings, bot)
     emit(args, report.to_json(), lambda: _report_text(report))
     return 0
