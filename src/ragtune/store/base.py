@@ -139,7 +139,6 @@ def message_record(row) -> dict[str, Any]:
 
 
 JOB_SELECT = "SELECT j.*, b.name AS bot FROM sync_jobs j JOIN bots b ON b.id = j.bot_id "
-JOB_STATES = ("queued", "running", "done", "failed")
 JOBS_KEPT = 200  # finished sync jobs remembered per bot
 JOB_ATTEMPTS = 3  # claims of one job (workers that stopped midway) before it fails
 
