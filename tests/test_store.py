@@ -374,3 +374,21 @@ def test_a_job_pinned_to_a_host_is_claimed_only_there(st):
     assert st.claim_job("w1", 60, host="other-box")["id"] == anywhere["id"]
     assert st.claim_job("w2", 60, host="other-box") is None
     assert st.claim_job("w3", 60, host="files-box")["id"] == pinned["id"]
+
+
+def test_only_the_newest_finished_jobs_are_kept(st, monkeypatch):
+    import ragtune.store.sql as sql
+
+    monkeypatch.setattr(sql, "JOBS_KEPT", 2)
+    bot, other = st.ensure_bot("a"), st.ensure_bot("b")
+    st.add_job(other)
+    st.finish_job(st.claim_job("w", 60)["id"], "w", report={})  # another bot's job: not the bot's to prune
+    finished = []
+    for _ in range(4):
+        job = st.add_job(bot)
+        assert st.claim_job("w", 60)["id"] == job["id"]
+        st.finish_job(job["id"], "w", report={})
+        finished.append(job["id"])
+    waiting = st.add_job(bot)  # adding a job prunes the bot's finished ones beyond the newest two
+    assert {j["id"] for j in st.list_jobs(bot)} == {waiting["id"], *finished[-2:]}
+    assert len(st.list_jobs(other)) == 1
