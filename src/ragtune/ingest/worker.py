@@ -30,10 +30,14 @@ def job_host(settings: Settings, sources: Sequence[Source]) -> str:
     return socket.gethostname() if local and not settings.sources_shared else ""
 
 
+def job_sources(store: Store, bot: Bot, source_ids: Sequence[int] | None) -> list[Source]:
+    """The bot's sources a job names (`source_ids`, or all of them); ids of removed sources name nothing."""
+    return [s for s in store.list_sources(bot) if source_ids is None or s.id in source_ids]
+
+
 def queue_sync(store: Store, settings: Settings, bot: Bot, source_ids: Sequence[int] | None = None) -> dict[str, Any]:
     """Queue a sync job of the bot's sources (`source_ids`, or all), pinned as job_host says."""
-    sources = [s for s in store.list_sources(bot) if source_ids is None or s.id in source_ids]
-    return store.add_job(bot, source_ids, host=job_host(settings, sources))
+    return store.add_job(bot, source_ids, host=job_host(settings, job_sources(store, bot, source_ids)))
 
 
 class _Lost(Exception):
@@ -69,10 +73,8 @@ class SyncWorker:
 
         try:
             bot = store.get_bot(job["bot"])
-            sources = None
-            if job["source_ids"] is not None:
-                sources = [s for s in store.list_sources(bot) if s.id in job["source_ids"]]
-            if self.embedder is None and self.settings.embedder:
+            sources = job_sources(store, bot, job["source_ids"])
+            if self.embedder is None:
                 from ..models.embedders import open_embedder
 
                 self.embedder = open_embedder(self.settings)  # loaded once, for every later job

@@ -150,8 +150,8 @@ def job_record(row) -> dict[str, Any]:
             "processed": row["processed"], "current": row["current_item"],
             "report": None if row["report"] is None else json.loads(row["report"]), "error": row["error"],
             "attempts": row["attempts"], "worker": row["worker"], "host": row["pinned_host"],
-            "created_at": row["created_at"],
-            "started_at": row["started_at"], "finished_at": row["finished_at"], "heartbeat_at": row["heartbeat_at"]}
+            "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
+            "heartbeat_at": row["heartbeat_at"]}
 
 
 def new_run_id() -> str:

@@ -188,7 +188,7 @@ _INDEX_TERMS = """
         WHERE c.document_id = %(d)s GROUP BY c.id, c.bot_id, u.lexeme) AS postings;
 """
 _INDEX_LENGTHS = """
-    UPDATE chunks c SET lexical_length = coalesce((SELECT sum(t.tf) FROM chunk_terms t WHERE t.chunk_id = c.id), 0)
+    UPDATE chunks c SET lexical_length = coalesce((SELECT t.dl FROM chunk_terms t WHERE t.chunk_id = c.id LIMIT 1), 0)
     WHERE c.document_id = %(d)s
 """
 # Okapi BM25 (k1 1.2, b 0.75, idf ln(1 + (N - df + 0.5) / (df + 0.5))) over the bot's chunks, as FTS5 ranks them;
